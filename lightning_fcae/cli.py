@@ -1,0 +1,135 @@
+"""Command-line entry points.
+
+``lightning fit --config configs/stage1_fcae.yaml`` is a LightningCLI in subclass mode, so any
+``class_path`` model or data config works. ``lightning-fcae`` is the same CLI plus ``data``
+subcommands (synth, check, inspect, nsd); ``python -m lightning_fcae`` equals ``lightning-fcae``.
+
+The ``lightning`` console name is not claimed by the lightning package itself (it ships only
+``fabric``); a package that also installs ``lightning`` would clash, hence ``lightning-fcae``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+from .data.datamodule import NSDDataModule
+
+
+def default_precision() -> str:
+    """bf16-mixed where the GPU supports it, full fp32 on CPU (bf16 matmuls are slow there)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+class FCAECLI(LightningCLI):
+    """LightningCLI that feeds the DataModule's padded voxel count to the model."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_voxels", "model.init_args.num_voxels", apply_on="instantiate")
+        parser.set_defaults({"trainer.precision": default_precision()})
+
+
+def run_lightning_cli(args: list[str] | None = None) -> FCAECLI:
+    import lightning as L
+
+    return FCAECLI(
+        L.LightningModule,
+        NSDDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def lightning_main() -> None:
+    """The ``lightning`` command: ``lightning fit --config X.yaml``."""
+    run_lightning_cli()
+
+
+def _data_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightning-fcae data", description="Create and inspect datasets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="generate the synthetic NSD-like benchmark")
+    synth.add_argument("--profile", choices=["tiny", "small", "paper"], default="small")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--overwrite", action="store_true")
+
+    check = sub.add_parser("check", help="ridge-decoder sanity check: is there signal, is it not trivial?")
+    check.add_argument("path", type=Path)
+    check.add_argument("--n-way", type=int, default=50)
+    check.add_argument("--seed", type=int, default=0)
+
+    inspect = sub.add_parser("inspect", help="print the manifest and counts, write a sample grid PNG")
+    inspect.add_argument("path", type=Path)
+    inspect.add_argument("--grid", type=Path, default=None, help="PNG path (default PATH/inspect.png)")
+    inspect.add_argument("--verify", action="store_true", help="also sha256-check every shard")
+
+    nsd = sub.add_parser("nsd", help="convert an NSD release into shards")
+    nsd.add_argument("--root", type=Path, required=True, help="NSD release directory")
+    nsd.add_argument("--coco", type=Path, default=None, help="dir with COCO captions_{train,val}2017.json")
+    nsd.add_argument("--subjects", type=int, nargs="+", default=[1, 2, 5, 7])
+    nsd.add_argument("--out", type=Path, required=True)
+    nsd.add_argument("--val-fraction", type=float, default=0.1)
+    nsd.add_argument("--image-size", type=int, default=None)
+    nsd.add_argument("--seed", type=int, default=0)
+    nsd.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def data_main(argv: list[str]) -> int:
+    args = _data_parser().parse_args(argv)
+    if args.command == "synth":
+        from .data.synthetic import generate
+
+        manifest = generate(args.profile, args.out, seed=args.seed, overwrite=args.overwrite)
+        print(f"wrote {manifest.name} to {args.out}: " + _counts(manifest))
+    elif args.command == "check":
+        from .data.check import check_dataset, format_check_report
+
+        print(format_check_report(check_dataset(args.path, n_way=args.n_way, seed=args.seed)))
+    elif args.command == "inspect":
+        from .data.inspect import inspect_dataset
+
+        print(inspect_dataset(args.path, grid=args.grid, verify=args.verify))
+    elif args.command == "nsd":
+        from .data.nsd import convert_nsd
+
+        manifest = convert_nsd(
+            args.root,
+            subjects=tuple(args.subjects),
+            out=args.out,
+            coco_dir=args.coco,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            image_size=args.image_size,
+            overwrite=args.overwrite,
+        )
+        print(f"wrote {manifest.name} to {args.out}: " + _counts(manifest))
+    return 0
+
+
+def _counts(manifest) -> str:
+    return ", ".join(f"{name} {split.samples}" for name, split in manifest.splits.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``lightning-fcae`` command: LightningCLI subcommands plus ``data ...``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "data":
+        from .data.schema import DatasetError
+
+        try:
+            sys.exit(data_main(argv[1:]))
+        except (DatasetError, FileExistsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+    run_lightning_cli(argv)

@@ -1,0 +1,65 @@
+"""``lightning-fcae data inspect``: what is in a dataset, at a glance."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+
+from .schema import IMAGE_KEYS, Manifest, ShardIntegrityError
+from .shards import decode_fmri, decode_image, decode_json, iter_raw_samples, sha256_file
+from .transforms import image_to_uint8_chw
+
+
+def inspect_dataset(
+    root: str | Path, grid: Path | None = None, verify: bool = False, n_images: int = 16
+) -> str:
+    """Summarise the manifest, optionally verify hashes, and save a grid of sample images."""
+    root = Path(root)
+    manifest = Manifest.load(root)
+    lines = [f"dataset {manifest.name} (format v{manifest.format_version}) at {root}"]
+    lines.append("source: " + json.dumps(manifest.source, sort_keys=True))
+    lines.append(f"image size: {manifest.image_size}")
+    lines.append("subjects: " + ", ".join(f"{s} ({n} voxels)" for s, n in manifest.subjects.items()))
+    for name, split in manifest.splits.items():
+        per_subject = {s: sum(x.samples for x in split.shards if x.subject == s) for s in manifest.subjects}
+        size = sum(x.bytes for x in split.shards) / 2**20
+        counts = ", ".join(f"{s} {n}" for s, n in per_subject.items() if n)
+        lines.append(
+            f"{name:5s}: {split.samples} samples in {len(split.shards)} shards ({size:.1f} MiB): {counts}"
+        )
+    if verify:
+        bad = [
+            s.path
+            for split in manifest.splits.values()
+            for s in split.shards
+            if sha256_file(root / s.path) != s.sha256
+        ]
+        if bad:
+            raise ShardIntegrityError(f"{len(bad)} shard(s) differ from the manifest's sha256: {bad}")
+        lines.append("verify: every shard matches its sha256")
+
+    split = "test" if "test" in manifest.splits else next(iter(manifest.splits))
+    paths = [root / s.path for s in manifest.splits[split].shards]
+    images, captions = [], []
+    for raw in itertools.islice(iter_raw_samples(paths), n_images):
+        key = raw["__key__"]
+        meta = decode_json(raw["meta.json"], key, "meta.json")
+        fmri = decode_fmri(raw["fmri.npy"], manifest.subjects[meta["subject"]], key)
+        image_key = next(k for k in IMAGE_KEYS if k in raw)
+        images.append(image_to_uint8_chw(decode_image(raw[image_key], key), manifest.image_size))
+        captions.append(
+            f"{key}: fmri {list(fmri.shape)} mean {np.mean(fmri):+.2f} | {decode_json(raw['captions.json'], key, '')[0]}"
+        )
+    grid = grid or root / "inspect.png"
+    if images:
+        save_image(
+            make_grid(torch.stack(images).float() / 255, nrow=int(np.ceil(np.sqrt(len(images))))), grid
+        )
+        lines.append(f"first {len(images)} {split} samples (grid: {grid}):")
+        lines.extend("  " + c for c in captions)
+    return "\n".join(lines)
