@@ -11,6 +11,7 @@ The ``lightning`` console name is not claimed by the lightning package itself (i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,15 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 
 from .data.datamodule import NSDDataModule
+
+
+def default_wandb_mode() -> None:
+    """W&B runs offline unless the user chose a mode or has logged in (then it syncs as usual)."""
+    if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
+        os.environ["WANDB_MODE"] = "offline"
 
 
 def default_precision() -> str:
@@ -38,6 +48,7 @@ class FCAECLI(LightningCLI):
 def run_lightning_cli(args: list[str] | None = None) -> FCAECLI:
     import lightning as L
 
+    default_wandb_mode()
     return FCAECLI(
         L.LightningModule,
         NSDDataModule,

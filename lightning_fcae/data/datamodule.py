@@ -294,7 +294,7 @@ class NSDDataModule(L.LightningDataModule):
         ).with_epoch(math.ceil(batches_per_rank / workers))
         return self._loader(pipeline, hp.num_workers, batches_per_rank)
 
-    def _eval_dataloader(self, split: str) -> wds.WebLoader:
+    def eval_dataloader(self, split: str) -> wds.WebLoader:
         world, _ = self._world()
         urls = self._urls(split)
         if len(urls) < world:
@@ -328,13 +328,13 @@ class NSDDataModule(L.LightningDataModule):
         return loader.with_length(length)
 
     def val_dataloader(self) -> wds.WebLoader:
-        return self._eval_dataloader("val")
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> wds.WebLoader:
-        return self._eval_dataloader("test")
+        return self.eval_dataloader("test")
 
     def predict_dataloader(self) -> wds.WebLoader:
-        return self._eval_dataloader("test")
+        return self.eval_dataloader("test")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """On the device: uint8 images -> float [0, 1]; random sparsity on training batches only."""
