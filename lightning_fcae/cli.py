@@ -92,6 +92,7 @@ def _data_parser() -> argparse.ArgumentParser:
     nsd.add_argument("--val-fraction", type=float, default=0.1)
     nsd.add_argument("--image-size", type=int, default=None)
     nsd.add_argument("--seed", type=int, default=0)
+    nsd.add_argument("--allow-missing-captions", action="store_true", help="use a placeholder caption")
     nsd.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -123,6 +124,7 @@ def data_main(argv: list[str]) -> int:
             seed=args.seed,
             image_size=args.image_size,
             overwrite=args.overwrite,
+            allow_missing_captions=args.allow_missing_captions,
         )
         print(f"wrote {manifest.name} to {args.out}: " + _counts(manifest))
     return 0

@@ -1,0 +1,344 @@
+"""Convert a Natural Scenes Dataset (NSD) release into lightning-fcae shards.
+
+Reads the release as laid out on the NSD bucket (paths relative to ``root``):
+
+- ``nsddata/experiments/nsd/nsd_expdesign.mat``          trial -> image design, 1-based MATLAB indices
+- ``nsddata/experiments/nsd/nsd_stim_info_merged.csv``   nsdId (0-based) -> cocoId, cocoSplit
+- ``nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5``       ``imgBrick`` [73000, 425, 425, 3] uint8
+- ``nsddata/ppdata/subjXX/func1pt8mm/roi/nsdgeneral.nii.gz``  ROI volume (X, Y, Z), ROI where > 0
+- ``nsddata_betas/ppdata/subjXX/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_sessionNN.hdf5``
+  ``betas`` int16 [750, Z, Y, X] = percent signal change x 300 (h5py shows MATLAB's axes reversed)
+
+and COCO 2017 ``captions_{train,val}2017.json`` (optionally ``instances_*``) from ``coco_dir``.
+
+Decisions (also recorded in the manifest's ``source``):
+
+- Voxel order: C-order of the NIfTI ROI, i.e. ``np.argwhere(roi > 0)`` sorted by (x, y, z); voxel v is
+  ``betas[:, z, y, x]``. The coordinates are saved as ``nsdgeneral_subjXX.npy`` [V, 3] so results can be
+  painted back into the volume.
+- Each voxel is z-scored over each session's trials: sessions differ in scanner drift and gain, and this
+  is the normalisation NSD's own analyses use.
+- Splits by image: test = shared1000 images seen by *all* converted subjects (so a test image is
+  comparable across subjects); val = ``val_fraction`` of the remaining images, drawn per nsd id from
+  ``seed`` (stable when more sessions or subjects are added); train = the rest. Shared images that some
+  subject has not seen are dropped rather than leaked into train. Checkpoints select on val, never test.
+- One sample per (subject, image): fmri [repeats, voxels], repeats in trial order (1-3 in NSD).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import scipy.io
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .schema import MANIFEST_NAME, DatasetError, DatasetNotFoundError, Manifest, subject_name
+from .shards import DatasetWriter
+
+CONVERTER_VERSION = 1
+TRIALS_PER_SESSION = 750  # fixed by the NSD design; maps a session's rows onto masterordering
+NSD_IMAGES = 73000
+BETA_TYPE = "betas_fithrf_GLMdenoise_RR"
+SPACE = "func1pt8mm"
+PLACEHOLDER_CAPTION = "an image"
+CHUNK_TRIALS = 50  # ~70 MB of int16 per h5py read at 1.8 mm
+EXPDESIGN = "nsddata/experiments/nsd/nsd_expdesign.mat"
+STIM_INFO = "nsddata/experiments/nsd/nsd_stim_info_merged.csv"
+STIMULI = "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
+VOXEL_ORDER = "nsdgeneral > 0 in NIfTI (x, y, z) C-order; voxel v = betas[:, z, y, x]"
+_SESSION_FILE = re.compile(r"betas_session(\d{2})\.hdf5")
+
+
+def roi_path(root: Path, subject: int) -> Path:
+    return root / "nsddata/ppdata" / subject_name(subject) / SPACE / "roi/nsdgeneral.nii.gz"
+
+
+def betas_path(root: Path, subject: int, session: int) -> Path:
+    directory = root / "nsddata_betas/ppdata" / subject_name(subject) / SPACE / BETA_TYPE
+    return directory / f"betas_session{session:02d}.hdf5"
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DatasetNotFoundError(
+            f"{path} is missing ({what}); is the NSD root right and the download complete?"
+        )
+    return path
+
+
+def find_sessions(root: Path, subject: int) -> list[int]:
+    """Session numbers present on disk: users often download only some of the 30-40 sessions."""
+    directory = betas_path(root, subject, 1).parent
+    found = sorted(
+        int(m[1]) for p in directory.glob("betas_session*.hdf5") if (m := _SESSION_FILE.fullmatch(p.name))
+    )
+    if not found:
+        raise DatasetNotFoundError(
+            f"{betas_path(root, subject, 1)} is missing, and so is every other session of {subject_name(subject)}"
+        )
+    return found
+
+
+class Design:
+    """nsd_expdesign.mat converted to 0-based indices, so nothing downstream repeats the MATLAB -1."""
+
+    def __init__(self, path: Path):
+        mat = scipy.io.loadmat(path)
+        try:
+            # [30000] subjectim column per trial
+            self.masterordering = mat["masterordering"].ravel().astype(np.int64) - 1
+            self.subjectim = mat["subjectim"].astype(np.int64) - 1  # [8, 10000] nsd id
+            self.shared = mat["sharedix"].ravel().astype(np.int64) - 1  # [1000] nsd id
+        except KeyError as exc:
+            raise DatasetError(f"{path}: no variable {exc}; not an NSD experiment design") from exc
+
+    def session_images(self, subject: int, session: int) -> np.ndarray:
+        """[750] nsd ids shown in the session's trials, in order."""
+        start = (session - 1) * TRIALS_PER_SESSION
+        if start + TRIALS_PER_SESSION > len(self.masterordering):
+            raise DatasetError(
+                f"session {session} lies beyond the design's {len(self.masterordering)} trials"
+            )
+        return self.subjectim[subject - 1, self.masterordering[start : start + TRIALS_PER_SESSION]]
+
+
+def load_stim_info(path: Path) -> dict[int, tuple[int, str]]:
+    """nsdId -> (cocoId, cocoSplit)."""
+    with open(path, newline="") as handle:
+        return {int(row["nsdId"]): (int(row["cocoId"]), row["cocoSplit"]) for row in csv.DictReader(handle)}
+
+
+def load_roi(path: Path) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """ROI voxel coordinates [V, 3] as (x, y, z) in C-order, and the volume shape (X, Y, Z)."""
+    roi = np.asarray(nib.load(path).dataobj)
+    return np.argwhere(roi > 0), roi.shape
+
+
+def zscore(values: np.ndarray) -> np.ndarray:
+    """Per-column z-score [trials, V]; constant voxels become 0 instead of dividing by ~0."""
+    mean = values.mean(0, dtype=np.float64)
+    std = values.std(0, dtype=np.float64)
+    std[std < 1e-8] = 1.0
+    return ((values - mean) / std).astype(np.float32)
+
+
+def extract_session(path: Path, coords: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """[750, V] float32 z-scored ROI betas of one session, read in trial chunks so memory stays small."""
+    x, y, z = coords.T
+    with h5py.File(path, "r") as handle:
+        betas = handle["betas"]  # [750, Z, Y, X] int16
+        expected = (TRIALS_PER_SESSION, *shape[::-1])
+        if betas.shape != expected:
+            raise DatasetError(
+                f"{path}: betas have shape {betas.shape}, expected {expected} to match the ROI"
+            )
+        chunks = [betas[i : i + CHUNK_TRIALS][:, z, y, x] for i in range(0, TRIALS_PER_SESSION, CHUNK_TRIALS)]
+    return zscore(np.concatenate(chunks).astype(np.float32) / 300.0)  # int16 -> % signal change
+
+
+def cached_session(cache: Path, root: Path, subject: int, session: int, roi) -> Path:
+    """Extract a session once: float16 z-scored betas in ``cache``, written atomically for resuming."""
+    target = cache / f"{subject_name(subject)}_session{session:02d}.npy"
+    coords, shape = roi
+    if target.exists():
+        try:
+            if np.load(target, mmap_mode="r").shape == (TRIALS_PER_SESSION, len(coords)):
+                return target
+        except ValueError:
+            pass  # unreadable cache: extract again
+    data = extract_session(betas_path(root, subject, session), coords, shape).astype(np.float16)
+    tmp = target.with_suffix(".tmp.npy")
+    np.save(tmp, data)
+    tmp.replace(target)
+    return target
+
+
+def plan_trials(design: Design, subject: int, sessions: list[int]) -> dict[int, list[tuple[int, int]]]:
+    """nsd id -> [(session, row in session)] in trial order: where each repeat of an image lives."""
+    trials: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for session in sessions:
+        for row, nsd_id in enumerate(design.session_images(subject, session)):
+            trials[int(nsd_id)].append((session, row))
+    return dict(trials)
+
+
+def assign_splits(
+    design: Design, trials: dict[int, dict[int, list]], val_fraction: float, seed: int
+) -> tuple[dict[int, dict[int, str]], set[int]]:
+    """Per subject nsd id -> split (see module docstring); also the dropped shared ids."""
+    shared = set(design.shared.tolist())
+    test = shared.intersection(*(set(t) for t in trials.values()))
+    draw = np.random.default_rng(seed).random(NSD_IMAGES)  # one uniform per nsd id
+    splits, dropped = {}, set()
+    for subject, by_image in trials.items():
+        splits[subject] = {}
+        for nsd_id in sorted(by_image):
+            if nsd_id in shared:
+                if nsd_id in test:
+                    splits[subject][nsd_id] = "test"
+                else:
+                    dropped.add(nsd_id)
+            else:
+                splits[subject][nsd_id] = "val" if draw[nsd_id] < val_fraction else "train"
+    return splits, dropped
+
+
+def load_captions(coco_dir: Path, coco_splits: set[str]) -> dict[int, list[str]]:
+    """cocoId -> first 3 non-empty captions by annotation id (stable across COCO copies)."""
+    by_image: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for split in sorted(coco_splits):
+        path = _require(coco_dir / f"captions_{split}.json", "COCO captions")
+        for ann in json.loads(path.read_text())["annotations"]:
+            if text := ann["caption"].strip():
+                by_image[int(ann["image_id"])].append((int(ann["id"]), text))
+    return {coco_id: [text for _, text in sorted(anns)[:3]] for coco_id, anns in by_image.items()}
+
+
+def load_labels(coco_dir: Path, coco_splits: set[str]) -> dict[int, dict[str, int]]:
+    """cocoId -> {category name: instance count}, only when every needed instances file is present."""
+    paths = [coco_dir / f"instances_{split}.json" for split in sorted(coco_splits)]
+    if not all(p.exists() for p in paths):
+        return {}
+    labels: dict[int, Counter] = defaultdict(Counter)
+    for path in paths:
+        data = json.loads(path.read_text())
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        for ann in data["annotations"]:
+            labels[int(ann["image_id"])][names[ann["category_id"]]] += 1
+    return {coco_id: dict(counts) for coco_id, counts in labels.items()}
+
+
+def resolve_captions(coco_ids: dict[int, int], captions: dict[int, list[str]], allow_missing: bool) -> dict:
+    """nsd id -> captions; a missing caption fails before hours of extraction, or becomes a placeholder."""
+    missing = sorted(n for n, c in coco_ids.items() if not captions.get(c))
+    if missing and not allow_missing:
+        raise DatasetError(
+            f"{len(missing)} image(s) have no COCO caption (first: nsd id {missing[0]}, cocoId "
+            f"{coco_ids[missing[0]]}); check coco_dir or pass allow_missing_captions=True"
+        )
+    if missing:
+        warnings.warn(
+            f"{len(missing)} image(s) have no caption; using {PLACEHOLDER_CAPTION!r}", stacklevel=4
+        )  # points at the convert_nsd call
+    return {n: captions.get(c) or [PLACEHOLDER_CAPTION] for n, c in coco_ids.items()}
+
+
+def load_image(stimuli: h5py.Dataset, nsd_id: int, image_size: int) -> Image.Image:
+    image = Image.fromarray(stimuli[nsd_id])  # [425, 425, 3] uint8
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return image
+
+
+def _annotations(
+    coco_dir: str | Path | None, coco: dict[int, tuple[int, str]], allow_missing: bool
+) -> dict[int, tuple[int, list[str], dict | None]]:
+    """nsd id -> (cocoId, captions, labels), resolved before extraction so caption problems fail fast."""
+    coco_path = None if coco_dir is None else Path(coco_dir)
+    coco_splits = {split for _, split in coco.values()}
+    captions = load_captions(coco_path, coco_splits) if coco_path is not None else {}
+    captions = resolve_captions({n: c for n, (c, _) in coco.items()}, captions, allow_missing)
+    labels = load_labels(coco_path, coco_splits) if coco_path is not None else {}
+    return {n: (c, captions[n], labels.get(c)) for n, (c, _) in coco.items()}
+
+
+def _write_samples(
+    writer: DatasetWriter, stimuli: h5py.Dataset, samples: list, caches: dict, notes: dict, bar
+) -> None:
+    """Assemble each (subject, image) sample from the cached sessions (memory-mapped) and write it."""
+    data = {(s, n): np.load(path, mmap_mode="r") for s, paths in caches.items() for n, path in paths.items()}
+    for split, subject, nsd_id, rows in samples:
+        fmri = np.stack([data[subject, n][row] for n, row in rows])  # [repeats, V]
+        coco_id, captions, labels = notes[nsd_id]
+        image = load_image(stimuli, nsd_id, writer.image_size)
+        writer.write(split, subject_name(subject), nsd_id, fmri, image, captions, coco_id, labels)
+        bar.update()
+
+
+def convert_nsd(
+    root: str | Path,
+    out: str | Path,
+    subjects: tuple[int, ...] = (1, 2, 5, 7),
+    *,
+    coco_dir: str | Path | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    samples_per_shard: int = 1000,
+    image_size: int | None = None,
+    overwrite: bool = False,
+    allow_missing_captions: bool = False,
+    progress: bool = True,
+) -> Manifest:
+    """Convert the sessions found under ``root`` for ``subjects`` into a dataset at ``out``.
+
+    Every input is checked before the long betas pass, which is cached per session in ``out/.cache`` so an
+    interrupted or repeated run (``overwrite=True``) only extracts sessions not yet done.
+    """
+    root, out = Path(root), Path(out)
+    if (out / MANIFEST_NAME).exists() and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a dataset; pass overwrite=True (--overwrite) to replace it"
+        )
+    if coco_dir is None and not allow_missing_captions:
+        raise DatasetError(
+            "coco_dir is required: NSD captions come from COCO 2017 captions_train2017.json and "
+            "captions_val2017.json; pass coco_dir=... or allow_missing_captions=True for placeholders"
+        )
+    design = Design(_require(root / EXPDESIGN, "NSD experiment design"))
+    stim_info = load_stim_info(_require(root / STIM_INFO, "NSD stimulus info"))
+    stimuli_path = _require(root / STIMULI, "NSD stimulus images")
+    rois = {s: load_roi(_require(roi_path(root, s), "nsdgeneral ROI")) for s in subjects}
+    sessions = {s: find_sessions(root, s) for s in subjects}
+    for s, found in sessions.items():
+        print(f"{subject_name(s)}: {len(found)} session(s) found: {found}")
+    trials = {s: plan_trials(design, s, sessions[s]) for s in subjects}
+    splits, dropped = assign_splits(design, trials, val_fraction, seed)
+    samples = [(split, s, n, trials[s][n]) for s in subjects for n, split in splits[s].items()]
+    notes = _annotations(coco_dir, {n: stim_info[n] for _, _, n, _ in samples}, allow_missing_captions)
+
+    (out / ".cache").mkdir(parents=True, exist_ok=True)
+    caches: dict[int, dict[int, Path]] = {s: {} for s in subjects}
+    todo = [(s, n) for s in subjects for n in sessions[s]]
+    for s, n in tqdm(todo, desc="NSD sessions", disable=not progress):
+        caches[s][n] = cached_session(out / ".cache", root, s, n, rois[s])
+    for s in subjects:
+        np.save(out / f"nsdgeneral_{subject_name(s)}.npy", rois[s][0].astype(np.int16))  # [V, 3] (x, y, z)
+
+    source = {
+        "converter": "nsd",
+        "converter_version": CONVERTER_VERSION,
+        "subjects": list(subjects),
+        "sessions": {subject_name(s): sessions[s] for s in subjects},
+        "beta_type": BETA_TYPE,
+        "space": SPACE,
+        "roi": "nsdgeneral",
+        "voxel_order": VOXEL_ORDER,
+        "voxel_coords": {subject_name(s): f"nsdgeneral_{subject_name(s)}.npy" for s in subjects},
+        "zscore": "per voxel over each session's trials",
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "splits": "test = shared1000 images seen by all subjects (final report only, never checkpoint "
+        "selection); val = val_fraction of other images drawn per nsd id; train = the rest",
+        "dropped_shared_images": len(dropped),
+        "placeholder_captions": sum(captions == [PLACEHOLDER_CAPTION] for _, captions, _ in notes.values()),
+        "labels": "coco instance counts" if any(labels for *_, labels in notes.values()) else None,
+    }
+    voxels = {subject_name(s): len(rois[s][0]) for s in subjects}
+    with (
+        h5py.File(stimuli_path, "r") as handle,
+        tqdm(total=len(samples), desc="NSD samples", disable=not progress) as bar,
+    ):
+        stimuli = handle["imgBrick"]  # [73000, 425, 425, 3] uint8
+        size = image_size or stimuli.shape[1]
+        with DatasetWriter(out, "nsd", voxels, size, source, samples_per_shard, overwrite) as writer:
+            _write_samples(writer, stimuli, samples, caches, notes, bar)
+    return Manifest.load(out)
