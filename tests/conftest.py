@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lightning_fcae.data.shards import DatasetWriter
+
+# Tests run beside other processes (DataLoader workers, DDP ranks) on 2 cores: one intra-op thread
+# per process avoids OpenMP threads spinning against each other (a 50x slowdown seen here).
+torch.set_num_threads(1)
 
 VOXELS = {"subj01": 40, "subj02": 70}
 
@@ -35,3 +40,19 @@ def write_toy_dataset(root, n_train=48, n_val=8, n_test=8, samples_per_shard=8, 
 @pytest.fixture
 def toy_dataset(tmp_path):
     return write_toy_dataset(tmp_path / "toy")
+
+
+@pytest.fixture(scope="session")
+def synthetic_tiny(tmp_path_factory):
+    """The embedded default benchmark at its tiny profile, generated once per test session."""
+    from lightning_fcae.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic") / "tiny"
+    generate("tiny", root, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb_network(monkeypatch):
+    """Tests never talk to W&B: loggers are created but do nothing."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")

@@ -288,7 +288,8 @@ class NSDDataModule(L.LightningDataModule):
             # resampled shards: each rank x worker draws shards at random, seeded per rank/worker
             wds.ResampledShards(urls, seed=hp.seed, deterministic=True),
             self._reader(urls, "train"),
-            wds.shuffle(hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 100)),
+            # seeded (seed + epoch): a run is reproducible; ranks/workers already differ by shard draw
+            wds.detshuffle(hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 100), seed=hp.seed),
             wds.map(self._decoder(hp.train_repeats)),
             wds.batched(hp.batch_size, collation_fn=collate, partial=False),
         ).with_epoch(math.ceil(batches_per_rank / workers))

@@ -55,9 +55,9 @@ class MaskedPretrain(L.LightningModule):
         )
 
     @torch.no_grad()
-    def embed(self, fmri: torch.Tensor) -> torch.Tensor:
-        """Pooled representation ``[b, d]``: mean of the encoder's patch latents over all patches."""
-        return self.model.encoder(fmri)[:, 1:].mean(1)
+    def latents(self, fmri: torch.Tensor) -> torch.Tensor:
+        """The encoder's patch latents over all patches, unmasked: ``[b, n, d]`` (for probes)."""
+        return self.model.encoder(fmri)[:, 1:]
 
     def configure_optimizers(self):
         hp = self.hparams

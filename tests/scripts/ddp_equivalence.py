@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     args = parser.parse_args()
 
+    torch.set_num_threads(1)  # two ranks on two cores
     fcae_module.random_masking = fixed_masking
     L.seed_everything(0)
     module = FCAEPretrain(VOXELS, size="tiny", warmup_fraction=0.0)
