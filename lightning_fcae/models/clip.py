@@ -1,0 +1,218 @@
+"""Frozen open_clip models: loading (local checkpoint or open_clip tag), preprocessing, and the features
+stage 2 aligns the fMRI encoder to.
+
+CLIP is never trained after loading, so :class:`FrozenClip` pins it in eval mode with no trainable
+parameters; gradients still flow *through* it to its inputs. Weights come from a local file (the only
+option on an offline machine) or an open_clip pretrained tag; a failed download becomes a
+:class:`MissingWeightsError` that says what to fetch and where to put it.
+
+The package ships its own open_clip configs (``lightning_fcae/model_configs/clip``), registered on
+import: ``fcae-clip-tiny`` for unit tests and ``fcae-clip-small``, the synthetic benchmark's CLIP
+stand-in trained by :class:`lightning_fcae.stages.clip_pretrain.ClipPretrain`. Both use embed dim 512,
+like ViT-B-32, so every later stage is shaped as in the paper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from torch import nn
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs" / "clip"
+open_clip.add_model_config(CONFIG_DIR)
+
+
+class MissingWeightsError(FileNotFoundError):
+    """CLIP weights are neither on disk nor downloadable; the message says what to fetch and where."""
+
+
+def preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``[b, 3, H, W]`` in [0, 1] -> CLIP input ``[b, 3, size, size]``.
+
+    open_clip's eval transform on tensors: shorter side resized (bicubic, antialiased), centre crop,
+    normalised with the model's mean/std ``[1, 3, 1, 1]``. Done on the batch so it runs on the GPU.
+    """
+    if images.shape[-2:] != (size, size):
+        images = TF.resize(images, size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        images = TF.center_crop(images, size).clamp(0, 1)  # bicubic overshoots [0, 1] at edges
+    return (images - mean) / std
+
+
+def preprocess_constants(model: nn.Module) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(image size, mean ``[1, 3, 1, 1]``, std) of an open_clip model, open_clip's defaults if unset."""
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
+    std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, tuple | list) else size
+    return int(size), torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+
+def encode_captions(model: nn.Module, tokenizer, captions: list[list[str]]) -> torch.Tensor:
+    """``[b, d]``: each caption embedded and L2-normalised, averaged per sample, renormalised.
+
+    Averaging unit vectors weighs every caption equally whatever its length; the renormalised mean is
+    the sample's text target (NSD images have 1-3 COCO captions that all describe the same scene).
+    """
+    if not captions or any(len(caps) == 0 for caps in captions):
+        raise ValueError("every sample needs at least one caption")
+    device = model.logit_scale.device
+    tokens = tokenizer([c for caps in captions for c in caps]).to(device)  # n l
+    embeds = F.normalize(model.encode_text(tokens), dim=-1)  # n d
+    means = torch.stack([e.mean(0) for e in embeds.split([len(caps) for caps in captions])])  # b d
+    return F.normalize(means, dim=-1)
+
+
+class FrozenClip(nn.Module):
+    """An open_clip model that stays frozen and in eval mode, with its preprocessing and tokenizer.
+
+    Only ViT image towers with token pooling (``tok``/``avg``) are supported: they are what gives the
+    ``[b, T, D]`` token features stage 2 aligns to: T = patches + 1, D = the model's embed dim
+    (ViT-B-32: T = 7 * 7 + 1 = 50, D = 512; ViT-L-14: T = 257, D = 768; fcae-clip-*: D = 512).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        model_name: str,
+        pretrained: str | None = None,
+        checkpoint: Path | None = None,
+    ):
+        super().__init__()
+        visual = getattr(model, "visual", None)
+        if (
+            not isinstance(visual, VisionTransformer)
+            or visual.attn_pool is not None
+            or visual.pool_type == "none"
+            or visual.proj is None
+        ):
+            raise ValueError(
+                f"CLIP model {model_name!r}: image_tokens needs an open_clip VisionTransformer with cls/avg "
+                "pooling and a projection (e.g. ViT-B-32, ViT-L-14); timm, ResNet and attention-pooled "
+                "towers are not supported"
+            )
+        self.model = model.eval().requires_grad_(False)
+        self.model_name, self.pretrained, self.checkpoint = model_name, pretrained, checkpoint
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.image_size, mean, std = preprocess_constants(model)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def train(self, mode: bool = True) -> FrozenClip:
+        """Always eval: a parent's ``.train()`` must not switch on dropout in a frozen target."""
+        return super().train(False)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.visual.output_dim
+
+    @property
+    def num_tokens(self) -> int:
+        """T of :meth:`image_tokens`: the pooled token plus one per patch."""
+        grid = self.model.visual.grid_size
+        return grid[0] * grid[1] + 1
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return preprocess(images, self.image_size, self.mean, self.std)
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """``[b, 3, H, W]`` in [0, 1] -> ``[b, T, D]`` token features in CLIP's joint embedding space.
+
+        Token 0 is the tower's pooled output after ``ln_post`` and ``proj`` (the cls token for the usual
+        ``tok`` pooling), i.e. exactly the unnormalised image embedding: ``F.normalize(tokens[:, 0])``
+        equals :meth:`image_embed`. Tokens 1.. are the patch tokens in raster order through the same
+        ``ln_post`` and ``proj``, so all T tokens live in the D-dim space the text embeddings share.
+        """
+        visual = self.model.visual
+        previous, visual.output_tokens = visual.output_tokens, True  # public forward, any open_clip >= 2.24
+        try:
+            pooled, patches = visual(self.preprocess(images))  # b d, b n w
+        finally:
+            visual.output_tokens = previous
+        if visual.final_ln_after_pool:  # ln_post then went to the pooled token only
+            patches = visual.ln_post(patches)
+        return torch.cat([pooled[:, None], patches @ visual.proj], dim=1)  # b t d
+
+    def image_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``[b, D]``: the L2-normalised CLIP image embedding."""
+        return F.normalize(self.model.encode_image(self.preprocess(images)), dim=-1)
+
+    def text_embed(self, captions: list[list[str]]) -> torch.Tensor:
+        """``[b, D]``: the renormalised mean of each sample's L2-normalised caption embeddings."""
+        return encode_captions(self.model, self.tokenizer, captions)
+
+
+def _download_hint(model_name: str, tag: str, cfg: dict) -> str:
+    """What to fetch for an open_clip tag, and how to point lightning-fcae at it."""
+    repo, filename = os.path.split(cfg.get("hf_hub", ""))  # open_clip: 'org/repo/' means the default file
+    if repo:
+        source = f"https://huggingface.co/{repo}/resolve/main/{filename or 'open_clip_model.safetensors'}"
+        source += f" (Hugging Face repo {repo}" + (
+            "; open_clip_pytorch_model.bin works too)" if not filename else ")"
+        )
+    else:
+        source = cfg.get("url", "")
+    local = f"checkpoints/clip/{model_name}-{tag}{Path(source.split()[0]).suffix}"
+    hint = (
+        f"could not download the open_clip weights {model_name} / {tag!r} (is this machine offline?). "
+        f"On a machine with internet download {source}, copy it to {local} and set clip_pretrained: {local}"
+    )
+    if cfg.get("quick_gelu") and f"{model_name}-quickgelu" in open_clip.list_models():
+        hint += f" and clip_model: {model_name}-quickgelu (these weights use QuickGELU)"
+    return hint + ". A local file loads offline."
+
+
+def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = None) -> FrozenClip:
+    """A frozen open_clip model on CPU.
+
+    Args:
+        model_name: an open_clip config name (``ViT-B-32``, ``fcae-clip-small``, ...).
+        pretrained: a local checkpoint file, an open_clip tag (``openai``, ``laion2b_s34b_b79k``; downloaded
+            when online), or None for random weights (tests only).
+        cache_dir: open_clip's download cache for tags.
+
+    Raises:
+        MissingWeightsError: the file does not exist, or the tag could not be downloaded.
+    """
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP model {model_name!r}; open_clip knows {open_clip.list_models()}")
+    if pretrained is None:
+        log.warning("CLIP %s with random weights (pretrained=None): only meaningful in tests", model_name)
+        return FrozenClip(open_clip.create_model(model_name), model_name)
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:  # not a tag of this model: a local file
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            tags = open_clip.list_pretrained_tags_by_model(model_name)
+            known = (
+                f" or one of its open_clip tags {tags}"
+                if tags
+                else " (train fcae-clip-* weights with ClipPretrain)"
+            )
+            raise MissingWeightsError(
+                f"CLIP checkpoint {path} does not exist: clip_pretrained for {model_name} must be a local file{known}"
+            )
+        model = open_clip.create_model(model_name, pretrained=str(path))
+        return FrozenClip(model, model_name, pretrained, checkpoint=path)
+    try:
+        local = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception as exc:  # hub/url errors have no common base class
+        raise MissingWeightsError(_download_hint(model_name, pretrained, cfg) + f"\n(cause: {exc})") from exc
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    model = open_clip.create_model(
+        model_name,
+        pretrained=local,
+        force_quick_gelu=bool(cfg.get("quick_gelu", False)),  # openai weights need it; a mismatch only warns
+        force_preprocess_cfg={k: cfg[k] for k in keys if k in cfg},
+    )
+    return FrozenClip(model, model_name, pretrained)
