@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 import warnings
 from pathlib import Path
 
@@ -49,6 +50,9 @@ from .transforms import (
     random_sparsity,
     reduce_repeats,
 )
+
+if typing.TYPE_CHECKING:
+    from .clip_cache import ClipFeatureLookup
 
 # webdataset warns that with_length() only sets __len__: that is exactly what it is used for here
 warnings.filterwarnings("ignore", message=r"\.with_length\(\) only sets the value")
@@ -120,8 +124,10 @@ class SampleDecoder:
         with_images: bool,
         image_size: int | None,
         seed: int,
+        clip_lookup: ClipFeatureLookup | None = None,
     ):
         self.subjects, self.stats, self.length = subjects, stats, length
+        self.clip_lookup = clip_lookup
         self.subject_index = {s: i for i, s in enumerate(subjects)}
         self.repeats, self.with_images, self.image_size = repeats, with_images, image_size
         self.seed = seed
@@ -155,6 +161,10 @@ class SampleDecoder:
             if image_key is None:
                 raise SampleError(f"{key}: no image ({' or '.join(IMAGE_KEYS)})")
             sample["image"] = image_to_uint8_chw(decode_image(raw[image_key], key), self.image_size)
+        if (
+            self.clip_lookup is not None
+        ):  # clip_image_tokens [T, D], clip_image_embed [D], clip_text_embed [D]
+            sample.update(self.clip_lookup(meta["image_id"]))
         return sample
 
 
@@ -168,8 +178,9 @@ def collate(samples: list[dict]) -> dict:
         "captions": [s["captions"] for s in samples],
         "labels": {n: torch.tensor([s["labels"].get(n, -1) for s in samples]) for n in label_names},
     }
-    if "image" in samples[0]:
-        batch["image"] = torch.stack([s["image"] for s in samples])
+    for name in samples[0]:
+        if name == "image" or name.startswith("clip_"):
+            batch[name] = torch.stack([s[name] for s in samples])
     return batch
 
 
@@ -189,6 +200,10 @@ class NSDDataModule(L.LightningDataModule):
         train_repeats / eval_repeats: how ``[repeats, voxels]`` becomes one vector.
         verify_shards: sha256-check every local shard at setup (sizes are always checked).
         seed: seeds shard resampling, shuffling and repeat draws.
+        clip_model / clip_pretrained: stream frozen-CLIP features with each sample (stage 2). They are
+            computed once into ``data_dir/features/<model>-<weights hash>`` by ``prepare_data`` (a progress
+            bar on first use) and read by image id afterwards; ``clip_pretrained`` is a local
+            checkpoint or an open_clip tag (online only).
     """
 
     def __init__(
@@ -206,6 +221,8 @@ class NSDDataModule(L.LightningDataModule):
         eval_repeats: RepeatMode = "average",
         verify_shards: bool = False,
         seed: int = 0,
+        clip_model: str | None = None,
+        clip_pretrained: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -223,6 +240,25 @@ class NSDDataModule(L.LightningDataModule):
         # every subject is padded to one common length so batches can mix subjects
         self.num_voxels = padded_length(max(self.subjects.values()), patch_size)
         self._stats: dict | None = None
+        self._clip_cache: Path | None = None
+
+    def prepare_data(self) -> None:
+        """Builds the CLIP feature cache if configured and missing or stale (rank 0 only)."""
+        self.clip_cache_dir()
+
+    def clip_cache_dir(self) -> Path | None:
+        if self.hparams.clip_model is None:
+            return None
+        if self._clip_cache is None:
+            if not is_local(self.data_dir):
+                raise NotImplementedError("the CLIP feature cache needs a local dataset")
+            from ..models.clip import load_clip
+            from .clip_cache import ensure_clip_cache
+
+            clip = load_clip(self.hparams.clip_model, self.hparams.clip_pretrained)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._clip_cache = ensure_clip_cache(self.data_dir, clip, device=device)
+        return self._clip_cache
 
     @property
     def image_size(self) -> int:
@@ -270,7 +306,14 @@ class NSDDataModule(L.LightningDataModule):
             self.hparams.with_images,
             self.image_size,
             self.hparams.seed,
+            self._clip_lookup(),
         )
+
+    def _clip_lookup(self) -> ClipFeatureLookup | None:
+        from .clip_cache import ClipFeatureLookup  # imports open_clip: only when CLIP features are asked for
+
+        cache = self.clip_cache_dir()
+        return None if cache is None else ClipFeatureLookup(cache, prefix="clip_")
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -153,13 +153,26 @@ class MAEPretrain(MaskedPretrain):
         return mae_loss(self.model(fmri, self.hparams.mask_ratio))
 
 
+def stage1_hparams(path: str) -> dict:
+    """The hyper-parameters of a FCAEPretrain/MAEPretrain checkpoint, with ``kind`` ("fcae"/"mae")."""
+    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    if "encoder" not in hparams or "num_voxels" not in hparams:
+        raise ValueError(f"{path} is not a FCAEPretrain/MAEPretrain checkpoint (no encoder hyper-parameters)")
+    return {**hparams, "kind": "fcae" if "regressor" in hparams else "mae"}
+
+
+def build_stage1(hparams: dict) -> FCAE | MAE:
+    """A randomly initialised stage-1 model from :func:`stage1_hparams` (or ``{kind, num_voxels, size}``)."""
+    config_types = {"encoder": EncoderConfig, "regressor": RegressorConfig, "decoder": DecoderConfig}
+    args = {k: v for k, v in hparams.items() if k != "kind"}
+    args.update({k: cls(**args[k]) for k, cls in config_types.items() if isinstance(args.get(k), dict)})
+    stage = FCAEPretrain if hparams["kind"] == "fcae" else MAEPretrain
+    return stage(**args).model
+
+
 def load_pretrained(path: str) -> FCAE | MAE:
     """The stage-1 model (fCAE or MAE) from a FCAEPretrain/MAEPretrain checkpoint, on CPU."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    hparams = checkpoint.get("hyper_parameters", {})
-    kind = FCAEPretrain if "regressor" in hparams else MAEPretrain
-    config_types = {"encoder": EncoderConfig, "regressor": RegressorConfig, "decoder": DecoderConfig}
-    configs = {k: cls(**hparams[k]) for k, cls in config_types.items() if k in hparams}
-    module = kind(**{**hparams, **configs})
-    module.load_state_dict(checkpoint["state_dict"])
-    return module.model
+    model = build_stage1(stage1_hparams(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return model

@@ -1,0 +1,225 @@
+"""Stage 2: multimodal alignment of the stage-1 encoder with a frozen CLIP (paper eq. 2-3).
+
+``loss = use_image * cos(cat(Z_v, Z_m) mapped, CLIP image tokens) + use_text * InfoNCE(Z, T)`` where
+``T`` is the mean CLIP text embedding of a sample's captions. The flags and the stage-1 checkpoint
+type give every row of the paper's Table 3 (F+I, F+T, F+I+T; fCAE or MAE). Only the fMRI side
+trains; CLIP features come precomputed with the batch (``NSDDataModule(clip_model=...)``) or, when
+absent, from this module's own frozen CLIP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from torch import nn
+
+from ..metrics.identification import NWayIdentification
+from ..models.align import FMRIAligner, token_cosine_loss
+from .optim import adamw, warmup_cosine
+from .pretrain import build_stage1, load_pretrained, stage1_hparams
+
+CLIP_KEYS = ("clip_image_tokens", "clip_image_embed", "clip_text_embed")
+
+
+class FCAEAlign(L.LightningModule):
+    """Aligns the stage-1 encoder (+ regressor) to frozen CLIP image tokens and caption embeddings.
+
+    Args:
+        num_voxels: padded voxel count (linked from the DataModule by the CLI).
+        encoder_ckpt: a FCAEPretrain/MAEPretrain checkpoint (the decoder is dropped). None starts from
+            a random ``encoder_kind``/``encoder_size`` model: the "untrained encoder" control.
+        clip_tokens / clip_dim: CLIP's image-token grid, T x D (ViT-B-32: 50 x 512).
+        use_image / use_text: the cosine image-token loss and the text contrastive loss.
+        mask_ratio: patches masked in training (the regressor predicts them); evaluation sees all.
+        lr / min_lr / warmup_fraction / weight_decay: AdamW, warmup + cosine (paper: 5e-4, 0.05).
+        n_way: identification ways for ``val/top1_<n>way`` (MinD-Vis: 50); 2-way is logged too.
+        live_clip_model / live_clip_pretrained: a frozen CLIP that computes features for batches without
+            cached ones (slower; the cache is ``data.clip_model``).
+        stage1: the stage-1 architecture, recorded in checkpoints by this module; leave unset.
+    """
+
+    def __init__(
+        self,
+        num_voxels: int,
+        encoder_ckpt: str | None = None,
+        encoder_kind: Literal["fcae", "mae"] = "fcae",
+        encoder_size: str = "tiny",
+        clip_tokens: int = 50,
+        clip_dim: int = 512,
+        use_image: bool = True,
+        use_text: bool = True,
+        mask_ratio: float = 0.5,
+        lr: float = 5e-4,
+        min_lr: float = 1e-5,
+        warmup_fraction: float = 0.05,
+        weight_decay: float = 0.05,
+        n_way: int = 50,
+        live_clip_model: str | None = None,
+        live_clip_pretrained: str | None = None,
+        stage1: dict | None = None,
+    ):
+        super().__init__()
+        if not (use_image or use_text):
+            raise ValueError(
+                "use_image and use_text are both off: stage 2 would train nothing (row F skips it)"
+            )
+        if stage1 is not None:  # restoring a stage-2 checkpoint: weights come with its state_dict
+            model = build_stage1(stage1)
+        elif encoder_ckpt is not None:
+            stage1, model = stage1_hparams(encoder_ckpt), load_pretrained(encoder_ckpt)
+        else:
+            stage1 = {"kind": encoder_kind, "num_voxels": num_voxels, "size": encoder_size}
+            model = build_stage1(stage1)
+        if stage1["num_voxels"] != num_voxels:
+            raise ValueError(
+                f"{encoder_ckpt}: the encoder was trained on {stage1['num_voxels']} padded voxels, the data has "
+                f"{num_voxels}; use the same subjects and patch size as stage 1"
+            )
+        self.save_hyperparameters()
+        self.hparams.stage1 = stage1
+        self.aligner = FMRIAligner.from_pretrained(model, clip_tokens, clip_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        self.clip = None
+        if live_clip_model is not None:
+            from ..models.clip import load_clip
+
+            self.clip = load_clip(live_clip_model, live_clip_pretrained)
+        self.strict_loading = False  # checkpoints leave the frozen CLIP out
+        self.contrastive = ClipLoss()
+        self.identification = nn.ModuleDict()  # filled in setup(), per split x subject x ways
+
+    def setup(self, stage: str) -> None:
+        """Identification is per subject: NSD's shared test images recur across subjects, and an identical
+        image among the distractors would make identification impossible."""
+        data = self.trainer.datamodule
+        self.subject_names = list(data.subjects) if data is not None else ["all"]
+        ways = sorted({2, self.hparams.n_way})
+        for split in ("val", "test"):
+            for subject in range(len(self.subject_names)):
+                for n in ways:
+                    self.identification[f"{split}_{subject}_{n}"] = NWayIdentification(n).to(self.device)
+        world = self.trainer.world_size
+        if world > 1:  # negatives from every rank, as open_clip trains
+            self.contrastive = ClipLoss(
+                local_loss=True, gather_with_grad=True, rank=self.global_rank, world_size=world
+            )
+
+    def clip_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image tokens ``[b, T, D]``, image embedding ``[b, D]``, mean text embedding ``[b, D]``)."""
+        if all(key in batch for key in CLIP_KEYS):
+            tokens, image, text = (batch[key] for key in CLIP_KEYS)
+        elif self.clip is not None:
+            with torch.no_grad():
+                tokens = self.clip.image_tokens(batch["image"])
+                image, text = self.clip.image_embed(batch["image"]), self.clip.text_embed(batch["captions"])
+        else:
+            raise ValueError(
+                "the batch has no CLIP features: set data.init_args.clip_model (cached features) or "
+                "model.init_args.live_clip_model (computed per batch)"
+            )
+        if tokens.shape[1:] != (self.hparams.clip_tokens, self.hparams.clip_dim):
+            raise ValueError(
+                f"CLIP image tokens are {tuple(tokens.shape[1:])}, the model expects "
+                f"({self.hparams.clip_tokens}, {self.hparams.clip_dim}): set model.init_args.clip_tokens/clip_dim"
+            )
+        return tokens, image, text
+
+    def losses(
+        self, batch: dict, mask_ratio: float
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        clip_tokens, clip_image, clip_text = self.clip_features(batch)
+        tokens = self.aligner(batch["fmri"], mask_ratio)  # b T D
+        embedding = FMRIAligner.embedding(tokens)  # b D
+        terms = {}
+        if self.hparams.use_image:
+            terms["cos"] = token_cosine_loss(tokens, clip_tokens)
+        if self.hparams.use_text:
+            text = F.normalize(clip_text.float(), dim=-1)
+            terms["contrastive"] = self.contrastive(embedding, text, self.logit_scale.exp())
+        terms["loss"] = sum(terms.values())
+        return terms, embedding, clip_image
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms, _, _ = self.losses(batch, self.hparams.mask_ratio)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True)
+        return terms["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        with torch.no_grad():  # as CLIP: a temperature below 1/100 destabilises training
+            self.logit_scale.clamp_(0, math.log(100))
+
+    def _evaluate(self, batch: dict, split: str) -> None:
+        terms, embedding, clip_image = self.losses(batch, mask_ratio=0.0)
+        self.log_dict(
+            {f"{split}/{k}": v for k, v in terms.items()}, sync_dist=True, batch_size=len(batch["key"])
+        )
+        for subject in batch["subject"].unique().tolist():
+            rows = batch["subject"] == subject
+            for n in sorted({2, self.hparams.n_way}):
+                self.identification[f"{split}_{subject}_{n}"].update(
+                    embedding[rows], clip_image[rows].float()
+                )
+
+    def _log_identification(self, split: str) -> None:
+        """``<split>/top1_<n>way`` (mean over subjects) and per subject; skipped with too few samples."""
+        for n in sorted({2, self.hparams.n_way}):
+            scores = {}
+            for subject, name in enumerate(self.subject_names):
+                metric = self.identification[f"{split}_{subject}_{n}"]
+                # fewer samples than ways raises ValueError, the same on every rank (compute() syncs)
+                with contextlib.suppress(ValueError):
+                    scores[name] = metric.compute()
+                metric.reset()
+            for name, value in scores.items():
+                self.log(f"{split}/top1_{n}way_{name}", value)
+            if scores:
+                self.log(f"{split}/top1_{n}way", torch.stack(list(scores.values())).mean(), prog_bar=n != 2)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_identification("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_identification("test")
+
+    @torch.no_grad()
+    def latents(self, fmri: torch.Tensor) -> torch.Tensor:
+        """Patch latents, all patches visible ``[b, n, d]`` (for the linear probe)."""
+        return self.aligner.latents(fmri)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        trainable = nn.ModuleDict({"aligner": self.aligner})
+        optimizer = adamw(trainable, hp.lr, hp.weight_decay)
+        optimizer.add_param_group({"params": [self.logit_scale], "weight_decay": 0.0})
+        total = self.trainer.estimated_stepping_batches
+        scheduler = warmup_cosine(optimizer, total, int(hp.warmup_fraction * total), hp.lr, hp.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("clip.")
+        }
+
+
+def load_aligned(path: str) -> FMRIAligner:
+    """The stage-2 fMRI model (encoder, regressor, token mapper) from a FCAEAlign checkpoint, on CPU.
+
+    Needs neither the stage-1 checkpoint nor CLIP: the architecture is recorded in the checkpoint.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = {**checkpoint["hyper_parameters"], "live_clip_model": None, "encoder_ckpt": None}
+    module = FCAEAlign(**hparams)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    return module.aligner

@@ -1,0 +1,106 @@
+"""Stage 2: CLIP stays frozen, loss terms follow their flags, alignment buys identification, chaining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_fcae.cli import run_lightning_cli
+from lightning_fcae.data.datamodule import NSDDataModule
+from lightning_fcae.models.align import FMRIAligner, TokenMapper, token_cosine_loss
+from lightning_fcae.stages import FCAEPretrain
+from lightning_fcae.stages.align import FCAEAlign, load_aligned
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CLIP = {"live_clip_model": "fcae-clip-tiny", "clip_tokens": 17, "clip_dim": 512}  # 32 px / patch 8 + cls
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(default_root_dir=tmp_path, enable_checkpointing=False, **{**defaults, **kwargs})
+
+
+def test_token_mapper_and_masked_latents():
+    torch.manual_seed(0)
+    module = FCAEAlign(80, clip_tokens=5, clip_dim=12)
+    fmri = torch.randn(3, 80)
+    assert module.aligner(fmri).shape == (3, 5, 12)
+    # with masking, the masked positions come from the regressor, not from the encoder
+    generator = torch.Generator().manual_seed(1)
+    masked = module.aligner.latents(fmri, mask_ratio=0.5, generator=generator)
+    full = module.aligner.latents(fmri)
+    assert masked.shape == full.shape
+    assert not torch.allclose(masked, full)
+    assert TokenMapper(4, 8, 2, 3)(torch.randn(2, 4, 8)).shape == (2, 2, 3)
+    assert token_cosine_loss(torch.ones(2, 3, 4), torch.ones(2, 3, 4)).item() == pytest.approx(0.0)
+    assert token_cosine_loss(torch.ones(2, 3, 4), -torch.ones(2, 3, 4)).item() == pytest.approx(2.0)
+
+
+def test_clip_is_frozen_bit_identical_and_left_out_of_checkpoints(toy_dataset, tmp_path):
+    L.seed_everything(0)
+    dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
+    module = FCAEAlign(dm.num_voxels, **TINY_CLIP)
+    clip_before = {k: v.clone() for k, v in module.clip.state_dict().items()}
+    aligner_before = {k: v.clone() for k, v in module.aligner.state_dict().items()}
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    trainer.fit(module, dm)
+    assert all(torch.equal(v, module.clip.state_dict()[k]) for k, v in clip_before.items())
+    assert not all(torch.equal(v, module.aligner.state_dict()[k]) for k, v in aligner_before.items())
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not any(id(p) in optimised for p in module.clip.parameters())
+    path = tmp_path / "stage2.ckpt"
+    trainer.save_checkpoint(path)
+    assert not any(k.startswith("clip.") for k in torch.load(path, weights_only=True)["state_dict"])
+    restored = load_aligned(str(path))
+    for key, value in module.aligner.state_dict().items():
+        assert torch.equal(value, restored.state_dict()[key]), key
+
+
+@pytest.mark.parametrize(("flags", "terms"), [((True, False), {"cos"}), ((False, True), {"contrastive"})])
+def test_loss_terms_follow_their_flags(flags, terms, toy_dataset, tmp_path):
+    dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
+    module = FCAEAlign(dm.num_voxels, use_image=flags[0], use_text=flags[1], **TINY_CLIP)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, dm)
+    logged = {k.removeprefix("train/") for k in trainer.callback_metrics if k.startswith("train/")}
+    assert logged == terms | {"loss"}
+    with pytest.raises(ValueError, match="train nothing"):
+        FCAEAlign(dm.num_voxels, use_image=False, use_text=False)
+
+
+def test_stage1_checkpoint_feeds_stage2(toy_dataset, tmp_path):
+    dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, with_images=False)
+    stage1 = FCAEPretrain(dm.num_voxels, size="tiny")
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(stage1, dm)
+    trainer.save_checkpoint(tmp_path / "stage1.ckpt")
+    module = FCAEAlign(dm.num_voxels, encoder_ckpt=str(tmp_path / "stage1.ckpt"), clip_tokens=5, clip_dim=8)
+    for key, value in stage1.model.encoder.state_dict().items():
+        assert torch.equal(value, module.aligner.encoder.state_dict()[key])
+    assert isinstance(module.aligner, FMRIAligner) and module.aligner.regressor is not None
+    with pytest.raises(ValueError, match="padded voxels"):
+        FCAEAlign(dm.num_voxels + 16, encoder_ckpt=str(tmp_path / "stage1.ckpt"))
+
+
+def test_cli_fast_dev_run(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning_cli(
+        [
+            "fit",
+            f"--config={REPO / 'configs' / 'stage2_align.yaml'}",
+            f"--config={REPO / 'configs' / 'ablations' / 'image_only.yaml'}",
+            f"--data.data_dir={toy_dataset}",
+            "--data.clip_model=fcae-clip-tiny",
+            "--data.clip_pretrained=null",
+            "--data.num_workers=0",
+            "--data.image_size=32",
+            "--model.encoder_ckpt=null",
+            "--model.clip_tokens=17",
+            "--trainer.fast_dev_run=true",
+        ]
+    )
+    assert cli.trainer.state.finished
+    assert "train/contrastive" not in cli.trainer.callback_metrics
