@@ -1,7 +1,9 @@
-"""LightningModules, one per stage: they wire models, losses, optimisers and logging."""
+"""LightningModules, one per stage: they wire models, losses, optimisers and logging.
 
-from .align import FCAEAlign, load_aligned
-from .clip_pretrain import ClipPretrain
+Stage 1 is exported here; ``stages.align`` (FCAEAlign) and ``stages.clip_pretrain`` (ClipPretrain)
+import open_clip, so they are imported by their module path only when used.
+"""
+
 from .pretrain import FCAEPretrain, MAEPretrain, load_pretrained
 
-__all__ = ["ClipPretrain", "FCAEAlign", "FCAEPretrain", "MAEPretrain", "load_aligned", "load_pretrained"]
+__all__ = ["FCAEPretrain", "MAEPretrain", "load_pretrained"]
