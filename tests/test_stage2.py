@@ -104,3 +104,16 @@ def test_cli_fast_dev_run(toy_dataset, tmp_path, monkeypatch):
     )
     assert cli.trainer.state.finished
     assert "train/contrastive" not in cli.trainer.callback_metrics
+
+
+def test_stage2_checkpoint_feeds_stage3(toy_dataset, tmp_path):
+    from lightning_fcae.stages.diffusion import load_fmri_encoder
+
+    dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
+    module = FCAEAlign(dm.num_voxels, **TINY_CLIP)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, dm)
+    trainer.save_checkpoint(tmp_path / "stage2.ckpt")
+    encoder = load_fmri_encoder(str(tmp_path / "stage2.ckpt"))
+    for key, value in module.aligner.encoder.state_dict().items():
+        assert torch.equal(value, encoder.state_dict()[key]), key

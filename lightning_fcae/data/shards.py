@@ -282,7 +282,11 @@ def _npy_layout(prefix: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
 def decode_fmri(data: bytes, n_voxels: int, key: str) -> np.ndarray:
     try:
         # header length: 2 bytes after magic + version in .npy v1, 4 bytes in v2
-        header_len = 10 + int.from_bytes(data[8:10], "little") if data[6:7] == b"\x01" else 12 + int.from_bytes(data[8:12], "little")
+        header_len = (
+            10 + int.from_bytes(data[8:10], "little")
+            if data[6:7] == b"\x01"
+            else 12 + int.from_bytes(data[8:12], "little")
+        )
         dtype, shape, offset = _npy_layout(bytes(data[:header_len]))
         array = np.frombuffer(data, dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
     except (ValueError, OSError, TypeError) as exc:

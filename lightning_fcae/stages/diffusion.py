@@ -45,7 +45,15 @@ from .pretrain import ModelSize, load_pretrained
 
 
 def load_fmri_encoder(path: str) -> FMRIEncoder:
-    """The fMRI encoder of a checkpoint, on CPU. Today: a stage-1 (FCAEPretrain / MAEPretrain) checkpoint."""
+    """The fMRI encoder of a stage-2 (FCAEAlign) or stage-1 (FCAEPretrain / MAEPretrain) checkpoint, on CPU.
+
+    Stage 2 is the paper's chain; a stage-1 checkpoint gives the MinD-Vis baseline (no alignment).
+    """
+    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    if "stage1" in hparams:  # FCAEAlign records its stage-1 architecture
+        from .align import load_aligned  # imports open_clip
+
+        return load_aligned(path).encoder
     return load_pretrained(path).encoder
 
 

@@ -1,0 +1,400 @@
+"""Stage 3: what trains, how the fMRI condition reaches the UNet, learning, sampling, export/convert, CLI."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from lightning_fcae.cli import run_lightning_cli
+from lightning_fcae.data.datamodule import NSDDataModule
+from lightning_fcae.models.ldm import build_ldm, cross_attention_parameters, ldm_config, load_ldm
+from lightning_fcae.models.ldm_convert import convert_compvis_ldm
+from lightning_fcae.sampling import sample_images
+from lightning_fcae.stages import FCAEPretrain
+from lightning_fcae.stages.diffusion import LDMFinetune, LDMPretrain
+
+REPO = Path(__file__).resolve().parents[1]
+V = 80  # the toy dataset's padded voxel count
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(default_root_dir=tmp_path, enable_checkpointing=False, **{**defaults, **kwargs})
+
+
+def _datamodule(root, **kwargs) -> NSDDataModule:
+    return NSDDataModule(str(root), **{"batch_size": 8, "num_workers": 0, "sparsity": 0.0, **kwargs})
+
+
+def _finetune(**kwargs) -> LDMFinetune:
+    torch.manual_seed(0)
+    return LDMFinetune(V, **{"condition_tokens": 8, **kwargs})
+
+
+def _batch(b=4, size=16) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {"fmri": torch.randn(b, V, generator=g), "image": torch.rand(b, 3, size, size, generator=g)}
+
+
+def _unet_out(module, tokens, pooled, t=500):
+    latents = torch.randn(len(tokens), 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        return module.unet(latents, t, encoder_hidden_states=tokens, class_labels=pooled).sample
+
+
+def test_trainable_set_is_encoder_conditioner_and_unet_cross_attention():
+    module = _finetune()
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    expected = {f"encoder.{n}" for n, _ in module.encoder.named_parameters()}
+    expected |= {f"conditioner.{n}" for n, _ in module.conditioner.named_parameters()}
+    expected |= {f"unet.{n}" for n in cross_attention_parameters(module.unet)}
+    expected |= {f"unet.class_embedding.{n}" for n, _ in module.unet.class_embedding.named_parameters()}
+    assert trainable == expected
+    unet_trainable = {n[len("unet.") :] for n in trainable if n.startswith("unet.")}
+    pattern = (
+        r"(.*transformer_blocks\.\d+\.(attn2\.(to_q|to_k|to_v|to_out\.0)|norm2)|class_embedding\.linear_\d)\."
+    )
+    assert all(re.match(pattern, n) for n in unet_trainable), unet_trainable
+    # every cross-attention block of the down, mid and up path is in, and ResNet norm2 layers are out
+    assert {n.split(".")[0] for n in unet_trainable} == {
+        "down_blocks",
+        "mid_block",
+        "up_blocks",
+        "class_embedding",
+    }
+    assert not module.unet.down_blocks[0].resnets[0].norm2.weight.requires_grad
+    assert not any(p.requires_grad for p in module.vq.parameters())
+
+
+def test_condition_reaches_unet_through_cross_attention_and_time_embedding():
+    module = _finetune().eval()
+    tokens, pooled = module.condition(_batch()["fmri"])
+    assert tokens.shape == (4, 8, module.unet.config.cross_attention_dim) and pooled.shape == (4, 32)
+    base = _unet_out(module, tokens, pooled)
+    assert not torch.allclose(_unet_out(module, tokens + 1, pooled), base)
+    # the new time-embedding projection starts at zero (the pretrained UNet's output is unchanged) ...
+    assert torch.equal(_unet_out(module, tokens, pooled + 1), base)
+    # ... and once trained, the pooled vector alone changes the output
+    nn.init.normal_(module.unet.class_embedding.linear_2.weight, std=0.1)
+    assert not torch.allclose(_unet_out(module, tokens, pooled + 1), _unet_out(module, tokens, pooled))
+
+
+def _fixed_loss(module, batch) -> float:
+    module.eval()  # no condition dropout; the same noise and timesteps each time
+    with torch.no_grad():
+        return sum(module.loss(batch, torch.Generator().manual_seed(s)).item() for s in range(4)) / 4
+
+
+def test_finetune_learns_and_leaves_frozen_weights_untouched(toy_dataset, tmp_path):
+    L.seed_everything(0)
+    module = _finetune(lr=1e-3)
+    batch = next(iter(_datamodule(toy_dataset).val_dataloader()))
+    batch["image"] = batch["image"].float() / 255
+    names = [
+        "vq.encoder.conv_in.weight",
+        "unet.down_blocks.0.resnets.0.conv1.weight",
+        "unet.down_blocks.0.resnets.0.norm2.weight",
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+    ]
+    trained = [
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+        "unet.class_embedding.linear_2.weight",
+        "conditioner.token_mapper.weight",
+        "encoder.blocks.0.attn.qkv.weight",
+    ]
+    before = {n: p.detach().clone() for n, p in module.named_parameters() if n in names + trained}
+    loss_before = _fixed_loss(module, batch)
+
+    module.train()
+    _trainer(tmp_path, max_steps=40, limit_val_batches=0).fit(module, _datamodule(toy_dataset))
+    after = dict(module.named_parameters())
+    for name in names:
+        assert torch.equal(after[name], before[name]), name
+    for name in trained:  # moved by gradients, not just by weight decay (that would be < 1e-4 here)
+        assert (after[name] - before[name]).abs().max() > 5e-3, name
+    assert not module.vq.training
+    assert _fixed_loss(module, batch) < 0.9 * loss_before
+
+
+def test_encoder_from_stage1_checkpoint(toy_dataset, tmp_path):
+    stage1 = FCAEPretrain(V, size="tiny")
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(stage1, _datamodule(toy_dataset, with_images=False))
+    trainer.save_checkpoint(tmp_path / "stage1.ckpt")
+    module = LDMFinetune(V, encoder_ckpt=str(tmp_path / "stage1.ckpt"), condition_tokens=8)
+    for (name, ours), theirs in zip(
+        module.encoder.state_dict().items(), stage1.model.encoder.state_dict().values()
+    ):
+        assert torch.equal(ours, theirs), name
+    with pytest.raises(ValueError, match="voxels"):
+        LDMFinetune(V + 16, encoder_ckpt=str(tmp_path / "stage1.ckpt"))
+
+
+def test_pretrain_export_load_round_trip(toy_dataset, tmp_path):
+    L.seed_everything(0)
+    out = tmp_path / "ldm"
+    vq_stage = LDMPretrain(stage="vq", ldm_config="tiny", export_dir=str(out))
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(vq_stage, _datamodule(toy_dataset))
+    assert (out / "vqvae").is_dir() and not (out / "unet").exists()
+    assert torch.isfinite(trainer.callback_metrics["train/rec"])
+
+    unet_stage = LDMPretrain(stage="unet", ldm_config="tiny", export_dir=str(out))
+    _trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(unet_stage, _datamodule(toy_dataset))
+    assert unet_stage.latent_scale > 0
+    ldm = load_ldm(out)
+    assert ldm.vq.config.scaling_factor == pytest.approx(unet_stage.latent_scale.item())
+    assert ldm.scheduler.config.num_train_timesteps == 1000
+
+    x, t = _batch()["image"] * 2 - 1, 700
+    context = unet_stage.captions(["a red square", "blue", "toy image 3", ""])
+    latents = torch.randn(4, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(ldm.vq.encode(x).latents, unet_stage.vq.encode(x).latents)
+        assert torch.equal(ldm.vq.decode(latents).sample, unet_stage.vq.decode(latents).sample)
+        reference = unet_stage.unet(latents, t, encoder_hidden_states=context).sample
+        assert torch.equal(ldm.unet(latents, t, encoder_hidden_states=context).sample, reference)
+
+        # fine-tuning starts from exactly the pretrained UNet: the time-embedding projection is zero at first
+        finetune = LDMFinetune(V, pretrained_ldm=str(out), condition_tokens=8)
+        pooled = torch.randn(4, finetune.unet.config.projection_class_embeddings_input_dim)
+        out_ft = finetune.unet(latents, t, encoder_hidden_states=context, class_labels=pooled).sample
+        assert torch.allclose(out_ft, reference, atol=1e-6)
+
+
+def test_load_ldm_names_the_expected_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"vqvae.*unet.*scheduler"):
+        load_ldm(tmp_path)
+
+
+def test_sampling_shape_range_guidance_and_determinism():
+    module = _finetune().eval()
+    tokens, pooled = module.condition(_batch(3)["fmri"])
+    null_tokens, null_pooled = module.conditioner.null(3)
+    args = (module.unet, module.vq, module.noise_scheduler.config, tokens, pooled)
+
+    def sample(*nulls, guidance=3.0, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        return sample_images(*args, *nulls, steps=4, guidance=guidance, generator=g)
+
+    images = sample(null_tokens, null_pooled)
+    assert images.shape == (3, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+    assert torch.equal(images, sample(null_tokens, null_pooled))
+    assert not torch.equal(images, sample(null_tokens, null_pooled, seed=1))
+    assert not torch.allclose(images, sample(null_tokens, null_pooled, guidance=1.0))
+    # guidance with a "null" equal to the condition is the plain conditional path (w=1, no null pass)
+    assert torch.allclose(sample(tokens, pooled, guidance=3.0), sample(guidance=1.0), atol=1e-5)
+    with pytest.raises(ValueError, match="null condition"):
+        sample(guidance=2.0)
+
+    recon = module.reconstruct(_batch(2)["fmri"], steps=3, samples=2, seed=5)
+    assert recon.shape == (2, 2, 3, 16, 16)
+    assert torch.equal(recon, module.reconstruct(_batch(2)["fmri"], steps=3, samples=2, seed=5))
+    assert not torch.equal(recon[:, 0], recon[:, 1])  # samples of one fMRI differ
+
+
+# --- CompVis checkpoint conversion: write a tiny CompVis-named checkpoint from a diffusers LDM --------------
+
+RESNET_TO_COMPVIS = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+VQ_ATTENTION_TO_COMPVIS = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
+
+
+def _compvis_vq_key(key: str, n_blocks: int) -> str:
+    key = re.sub(r"down_blocks\.(\d+)\.resnets\.", r"down.\1.block.", key)
+    key = re.sub(r"down_blocks\.(\d+)\.downsamplers\.0\.", r"down.\1.downsample.", key)
+    key = re.sub(r"up_blocks\.(\d+)\.resnets\.", lambda m: f"up.{n_blocks - 1 - int(m[1])}.block.", key)
+    key = re.sub(
+        r"up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"up.{n_blocks - 1 - int(m[1])}.upsample.", key
+    )
+    key = re.sub(r"mid_block\.resnets\.(\d)", lambda m: f"mid.block_{int(m[1]) + 1}", key)
+    key = key.replace("mid_block.attentions.0.", "mid.attn_1.")
+    if ".attn_1." in key:
+        for ours, theirs in VQ_ATTENTION_TO_COMPVIS.items():
+            key = key.replace(f".{ours}.", f".{theirs}.")
+    return key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+
+
+def _compvis_unet_key(key: str, per_block: int, up_has_attention: list[bool]) -> str:
+    top = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0"}
+    top |= {"time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    for ours, theirs in top.items():
+        if key.startswith(ours + "."):
+            return theirs + key[len(ours) :]
+
+    def resnet(rest: str) -> str:
+        name, param = rest.split(".", 1)
+        return f"{RESNET_TO_COMPVIS[name]}.{param}"
+
+    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.*)", key):
+        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        if kind == "downsamplers":
+            return f"input_blocks.{(b + 1) * (per_block + 1)}.0.op.{rest.removeprefix('conv.')}"
+        index = 1 + b * (per_block + 1) + j
+        return (
+            f"input_blocks.{index}.0.{resnet(rest)}"
+            if kind == "resnets"
+            else f"input_blocks.{index}.1.{rest}"
+        )
+    if m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        kind, j, rest = m[1], int(m[2]), m[3]
+        return f"middle_block.{2 * j}.{resnet(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"
+    m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.*)", key)
+    b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+    index = b * (per_block + 1) + j
+    if kind == "upsamplers":
+        return f"output_blocks.{b * (per_block + 1) + per_block}.{2 if up_has_attention[b] else 1}.{rest}"
+    return (
+        f"output_blocks.{index}.0.{resnet(rest)}" if kind == "resnets" else f"output_blocks.{index}.1.{rest}"
+    )
+
+
+def _compvis_tiny(tmp_path) -> tuple[Path, Path, object]:
+    """A tiny LDM as a CompVis checkpoint + YAML config (what the original latent-diffusion repo writes)."""
+    torch.manual_seed(0)
+    ldm, config = build_ldm("tiny"), ldm_config("tiny")
+    vq, unet = config["vq"], config["unet"]
+    n_vq = len(vq["block_out_channels"])
+    state = {}
+    for key, value in ldm.vq.state_dict().items():
+        compvis = _compvis_vq_key(key, n_vq)
+        state["first_stage_model." + compvis] = (
+            value[..., None, None] if ".attn_1." in compvis and value.ndim == 2 else value
+        )
+    up_attention = ["CrossAttn" in t for t in unet["up_block_types"]]
+    for key, value in ldm.unet.state_dict().items():
+        state["model.diffusion_model." + _compvis_unet_key(key, unet["layers_per_block"], up_attention)] = (
+            value
+        )
+    state["cond_stage_model.embedding.weight"] = torch.zeros(3, 32)  # dropped by the converter
+    ch = vq["block_out_channels"][0]
+    compvis_config = {
+        "model": {
+            "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+            "params": {
+                "linear_start": 0.0015,
+                "linear_end": 0.0195,
+                "timesteps": 1000,
+                "conditioning_key": "crossattn",
+                "unet_config": {
+                    "params": {
+                        "image_size": unet["sample_size"],
+                        "in_channels": 3,
+                        "out_channels": 3,
+                        "model_channels": unet["block_out_channels"][0],
+                        "attention_resolutions": [1],
+                        "num_res_blocks": unet["layers_per_block"],
+                        "channel_mult": [
+                            c // unet["block_out_channels"][0] for c in unet["block_out_channels"]
+                        ],
+                        "num_heads": unet["attention_head_dim"],
+                        "use_spatial_transformer": True,
+                        "transformer_depth": 1,
+                        "context_dim": unet["cross_attention_dim"],
+                    }
+                },
+                "first_stage_config": {
+                    "target": "ldm.models.autoencoder.VQModelInterface",
+                    "params": {
+                        "embed_dim": 3,
+                        "n_embed": vq["num_vq_embeddings"],
+                        "ddconfig": {
+                            "double_z": False,
+                            "z_channels": 3,
+                            "resolution": vq["sample_size"],
+                            "in_channels": 3,
+                            "out_ch": 3,
+                            "ch": ch,
+                            "ch_mult": [c // ch for c in vq["block_out_channels"]],
+                            "num_res_blocks": vq["layers_per_block"],
+                            "attn_resolutions": [],
+                        },
+                    },
+                },
+            },
+        }
+    }
+    torch.save({"state_dict": state, "global_step": 0}, tmp_path / "model.ckpt")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(compvis_config))
+    return tmp_path / "model.ckpt", tmp_path / "config.yaml", ldm
+
+
+def test_convert_compvis_checkpoint_round_trip(tmp_path):
+    ckpt, config, reference = _compvis_tiny(tmp_path)
+    converted = load_ldm(convert_compvis_ldm(ckpt, config, tmp_path / "diffusers"))
+    for ours, theirs in ((converted.vq, reference.vq), (converted.unet, reference.unet)):
+        ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
+        assert ours_sd.keys() == theirs_sd.keys()
+        assert all(torch.equal(ours_sd[k], theirs_sd[k]) for k in theirs_sd)
+    plain = lambda value: list(value) if isinstance(value, list | tuple) else value  # noqa: E731
+    for key in (
+        "block_out_channels",
+        "down_block_types",
+        "up_block_types",
+        "cross_attention_dim",
+        "sample_size",
+    ):
+        assert plain(converted.unet.config[key]) == plain(reference.unet.config[key]), key
+    assert torch.allclose(converted.scheduler.alphas_cumprod, reference.scheduler.alphas_cumprod)
+    with pytest.raises(FileExistsError):
+        convert_compvis_ldm(ckpt, config, tmp_path / "diffusers")
+
+
+def test_cli_fast_dev_run(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning_cli(
+        [
+            "fit",
+            f"--config={REPO / 'configs' / 'stage3_ldm.yaml'}",
+            f"--data.data_dir={toy_dataset}",
+            "--data.batch_size=4",
+            "--data.num_workers=0",
+            "--model.pretrained_ldm=null",
+            "--model.ldm_config=tiny",
+            "--model.encoder_ckpt=null",
+            "--model.encoder_size=tiny",
+            "--model.condition_tokens=8",
+            "--trainer.fast_dev_run=true",
+        ]
+    )
+    assert cli.trainer.state.finished
+    assert cli.model.hparams.num_voxels == V
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_cli_ldm_pretrain_two_stages(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for stage in ("vq", "unet"):
+        cli = run_lightning_cli(
+            [
+                "fit",
+                f"--config={REPO / 'configs' / 'ldm_pretrain.yaml'}",
+                f"--data.data_dir={toy_dataset}",
+                "--data.batch_size=4",
+                "--data.num_workers=0",
+                f"--model.stage={stage}",
+                "--model.ldm_config=tiny",
+                "--trainer.fast_dev_run=true",
+            ]
+        )
+        assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    ldm = load_ldm(tmp_path / "checkpoints" / "ldm" / "synthetic-small")  # the config's export_dir
+    assert ldm.vq.config.scaling_factor == pytest.approx(cli.model.latent_scale.item())
