@@ -27,12 +27,16 @@ $(DATA)/manifest.json:
 data-check: data
 	$(BIN)/lightning-fcae data check $(DATA)
 
-# The main job on the embedded synthetic default (see README).
+# The main job on the embedded synthetic default (see README): benchmark, its sanity check, one
+# epoch streamed through the DataModule, then a short stage-1 fCAE pretraining and its evaluation.
+DEMO_STAGE1 := --config configs/stage1_fcae.yaml --config configs/profiles/demo.yaml --data.data_dir $(DATA)
+
 demo: data
 	$(BIN)/lightning-fcae data inspect $(DATA)
 	$(BIN)/lightning-fcae data check $(DATA)
-	$(PY) benchmarks/data_throughput.py --data $(DATA) --epochs 1
-	$(BIN)/lightning fit --config configs/stage1_fcae.yaml --config configs/profiles/demo.yaml --data.data_dir $(DATA)
+	$(PY) benchmarks/data_throughput.py --data $(DATA) --epochs 1 --workers 2
+	$(BIN)/lightning fit $(DEMO_STAGE1)
+	$(BIN)/lightning validate $(DEMO_STAGE1) --ckpt_path checkpoints/stage1_fcae/last.ckpt
 
 test: install
 	$(PY) -m pytest -q
