@@ -68,11 +68,13 @@ def make_step(model, loss_fn, optimizer, mode: str, device: torch.device, attent
     return step
 
 
-def measure(kind, size, mode, batch, num_voxels, device, steps, warmup, checkpointing, attention) -> dict:
+def measure(
+    kind, size, mode, batch, num_voxels, device, steps, warmup, checkpointing, attention, compile_mode=None
+) -> dict:
     torch.manual_seed(0)
     model, loss_fn = build(kind, size, num_voxels, device, checkpointing)
     if mode == "fast":
-        model.compile()
+        model.compile(mode=compile_mode)
         optimizer = adamw(model, 1e-4, 0.05)  # fused on CUDA
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, foreach=False)
@@ -129,6 +131,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument(
+        "--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs"
+    )
+    parser.add_argument(
         "--attention", default="auto", choices=sorted(ATTENTION_BACKENDS), help="fast mode's SDPA kernel"
     )
     args = parser.parse_args()
@@ -171,6 +176,7 @@ def main() -> None:
                         warmup,
                         args.checkpointing,
                         args.attention,
+                        args.compile_mode,
                     )
                 except torch.OutOfMemoryError:
                     print(f"| {kind} | {size} | {mode} | {batch} | out of memory |")

@@ -310,10 +310,12 @@ class NSDDataModule(L.LightningDataModule):
         )
 
     def _clip_lookup(self) -> ClipFeatureLookup | None:
+        cache = self.clip_cache_dir()
+        if cache is None:
+            return None
         from .clip_cache import ClipFeatureLookup  # imports open_clip: only when CLIP features are asked for
 
-        cache = self.clip_cache_dir()
-        return None if cache is None else ClipFeatureLookup(cache, prefix="clip_")
+        return ClipFeatureLookup(cache, prefix="clip_")
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
