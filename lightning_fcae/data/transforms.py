@@ -27,7 +27,9 @@ def reduce_repeats(fmri: np.ndarray, mode: RepeatMode, rng: np.random.Generator)
     ``average`` is the NSD convention for evaluation (less noise); ``random`` draws one trial per
     visit during training, which keeps every trial's noise as free augmentation.
     """
-    if mode == "average" or fmri.shape[0] == 1:
+    if fmri.shape[0] == 1:
+        return fmri[0].astype(np.float32)
+    if mode == "average":
         return fmri.astype(np.float32).mean(0)
     if mode == "random":
         return fmri[rng.integers(fmri.shape[0])].astype(np.float32)
