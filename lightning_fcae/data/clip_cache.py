@@ -289,3 +289,23 @@ class ClipFeatureLookup:
             f"image id {image_id} is not in the CLIP feature cache {self.cache_dir} "
             f"(splits {list(self.meta['splits'])}); was it built for another dataset? Rebuild it."
         )
+
+
+def train_means(cache_dir: str | Path, chunk: int = 1024) -> dict[str, torch.Tensor]:
+    """Mean CLIP image tokens ``[T, D]`` and image embedding ``[D]`` over the cached training images.
+
+    Stage 2 subtracts them from its targets: raw CLIP features share a large component across images
+    (mean pairwise cosine ~0.9 for a random-init CLIP, ~0.5 for trained ones), and a cosine loss on raw
+    features is satisfied by predicting that shared part.
+    """
+    folder = Path(cache_dir) / "train"
+    if not folder.exists():
+        raise CacheError(f"{cache_dir} has no train split: the target means come from training images")
+    means = {}
+    for name in ("image_tokens", "image_embed"):
+        array = np.load(folder / f"{name}.npy", mmap_mode="r")
+        total = np.zeros(array.shape[1:], np.float64)
+        for start in range(0, len(array), chunk):
+            total += array[start : start + chunk].astype(np.float64).sum(0)
+        means[name] = torch.from_numpy((total / len(array)).astype(np.float32))
+    return means

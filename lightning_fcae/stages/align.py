@@ -16,6 +16,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from open_clip.loss import ClipLoss
 from torch import nn
 
@@ -39,6 +40,8 @@ class FCAEAlign(L.LightningModule):
         mask_ratio: patches masked in training (the regressor predicts them); evaluation sees all.
         lr / min_lr / warmup_fraction / weight_decay: AdamW, warmup + cosine (paper: 5e-4, 0.05).
         n_way: identification ways for ``val/top1_<n>way`` (MinD-Vis: 50); 2-way is logged too.
+        center_targets: subtract the training-set mean CLIP image tokens/embedding from the targets (and
+            from the identification candidates); see docs/method.md.
         live_clip_model / live_clip_pretrained: a frozen CLIP that computes features for batches without
             cached ones (slower; the cache is ``data.clip_model``).
         stage1: the stage-1 architecture, recorded in checkpoints by this module; leave unset.
@@ -60,6 +63,7 @@ class FCAEAlign(L.LightningModule):
         warmup_fraction: float = 0.05,
         weight_decay: float = 0.05,
         n_way: int = 50,
+        center_targets: bool = True,
         live_clip_model: str | None = None,
         live_clip_pretrained: str | None = None,
         stage1: dict | None = None,
@@ -85,6 +89,9 @@ class FCAEAlign(L.LightningModule):
         self.hparams.stage1 = stage1
         self.aligner = FMRIAligner.from_pretrained(model, clip_tokens, clip_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        # training-set means of the CLIP targets, set in setup() from the feature cache; saved with the model
+        self.register_buffer("clip_token_mean", torch.zeros(clip_tokens, clip_dim))
+        self.register_buffer("clip_embed_mean", torch.zeros(clip_dim))
         self.clip = None
         if live_clip_model is not None:
             from ..models.clip import load_clip
@@ -99,6 +106,15 @@ class FCAEAlign(L.LightningModule):
         image among the distractors would make identification impossible."""
         data = self.trainer.datamodule
         self.subject_names = list(data.subjects) if data is not None else ["all"]
+        cache = data.clip_cache_dir() if data is not None and hasattr(data, "clip_cache_dir") else None
+        if self.hparams.center_targets and stage == "fit" and cache is not None:
+            from ..data.clip_cache import train_means
+
+            means = train_means(cache)
+            self.clip_token_mean.copy_(means["image_tokens"])
+            self.clip_embed_mean.copy_(means["image_embed"])
+        elif self.hparams.center_targets and stage == "fit":
+            rank_zero_warn("center_targets needs the CLIP feature cache (data.clip_model); targets stay raw")
         ways = sorted({2, self.hparams.n_way})
         for split in ("val", "test"):
             for subject in range(len(self.subject_names)):
@@ -128,6 +144,8 @@ class FCAEAlign(L.LightningModule):
                 f"CLIP image tokens are {tuple(tokens.shape[1:])}, the model expects "
                 f"({self.hparams.clip_tokens}, {self.hparams.clip_dim}): set model.init_args.clip_tokens/clip_dim"
             )
+        if self.hparams.center_targets:
+            tokens, image = tokens - self.clip_token_mean, image - self.clip_embed_mean
         return tokens, image, text
 
     def losses(
