@@ -22,7 +22,7 @@ from torch import nn
 
 from ..metrics.identification import NWayIdentification
 from ..models.align import FMRIAligner, token_cosine_loss
-from .optim import adamw, warmup_cosine
+from .optim import adamw_warmup_cosine
 from .pretrain import build_stage1, load_pretrained, stage1_hparams
 
 CLIP_KEYS = ("clip_image_tokens", "clip_image_embed", "clip_text_embed")
@@ -217,13 +217,9 @@ class FCAEAlign(L.LightningModule):
         return self.aligner.latents(fmri)
 
     def configure_optimizers(self):
+        """Aligner and temperature (no decay: 0-d); the frozen CLIP has no trainable parameters."""
         hp = self.hparams
-        trainable = nn.ModuleDict({"aligner": self.aligner})
-        optimizer = adamw(trainable, hp.lr, hp.weight_decay)
-        optimizer.add_param_group({"params": [self.logit_scale], "weight_decay": 0.0})
-        total = self.trainer.estimated_stepping_batches
-        scheduler = warmup_cosine(optimizer, total, int(hp.warmup_fraction * total), hp.lr, hp.min_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {

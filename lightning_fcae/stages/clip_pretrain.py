@@ -20,7 +20,7 @@ from open_clip.loss import ClipLoss
 from torchvision.transforms import v2
 
 from ..models.clip import encode_captions, preprocess, preprocess_constants
-from .optim import adamw, warmup_cosine
+from .optim import adamw_warmup_cosine
 
 
 class ClipPretrain(L.LightningModule):
@@ -131,10 +131,7 @@ class ClipPretrain(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = adamw(self.model, hp.lr, hp.weight_decay)
-        total = self.trainer.estimated_stepping_batches
-        scheduler = warmup_cosine(optimizer, total, int(hp.warmup_fraction * total), hp.lr, hp.min_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay)
 
     def export(self, path: str | Path) -> Path:
         """Write the open_clip state dict (CPU tensors), loadable by ``load_clip(clip_model, path)``."""

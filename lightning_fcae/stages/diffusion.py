@@ -40,7 +40,7 @@ from ..models.ldm import ldm_config as named_ldm_config
 from ..models.sizes import model_size
 from ..models.vit import FMRIEncoder
 from ..sampling import sample_images
-from .optim import adamw, warmup_cosine
+from .optim import adamw_warmup_cosine
 from .pretrain import ModelSize, load_pretrained
 
 
@@ -76,15 +76,6 @@ def diffusion_loss(
     else:  # "sample": the clean latents
         target = latents
     return F.mse_loss(unet(noisy, t, **cond).sample.float(), target.float())
-
-
-def _schedule(
-    module: L.LightningModule, lr: float, min_lr: float, warmup_fraction: float, weight_decay: float
-):
-    optimizer = adamw(module, lr, weight_decay)
-    total = module.trainer.estimated_stepping_batches
-    scheduler = warmup_cosine(optimizer, total, int(warmup_fraction * total), lr, min_lr)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class LDMFinetune(L.LightningModule):
@@ -226,7 +217,7 @@ class LDMFinetune(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         min_lr = hp.lr if hp.min_lr is None else hp.min_lr
-        return _schedule(self, hp.lr, min_lr, hp.warmup_fraction, hp.weight_decay)
+        return adamw_warmup_cosine(self, hp.lr, min_lr, hp.warmup_fraction, hp.weight_decay)
 
     def on_fit_start(self) -> None:
         counts = {
@@ -332,7 +323,7 @@ class LDMPretrain(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return _schedule(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay)
+        return adamw_warmup_cosine(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay)
 
     def export(self, directory: str | Path) -> Path:
         """Write what this stage trained as a diffusers directory (see the class docstring)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import torch
 from torch import nn
 
@@ -41,3 +42,15 @@ def warmup_cosine(
         return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))) / lr
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def adamw_warmup_cosine(
+    module: L.LightningModule, lr: float, min_lr: float, warmup_fraction: float, weight_decay: float
+) -> dict:
+    """``configure_optimizers`` for every stage: :func:`adamw` over the module's trainable parameters
+    (frozen parts such as CLIP or the LDM's VQ are skipped by ``requires_grad``), stepped per batch
+    through :func:`warmup_cosine` over the trainer's estimated number of steps."""
+    optimizer = adamw(module, lr, weight_decay)
+    total = module.trainer.estimated_stepping_batches
+    scheduler = warmup_cosine(optimizer, total, int(warmup_fraction * total), lr, min_lr)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 
 from ..models import FCAE, MAE, DecoderConfig, EncoderConfig, RegressorConfig, fcae_loss, mae_loss, model_size
-from .optim import adamw, warmup_cosine
+from .optim import adamw_warmup_cosine
 
 ModelSize = Literal["tiny", "small", "base", "large"]
 
@@ -61,10 +61,7 @@ class MaskedPretrain(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = adamw(self.model, hp.lr, hp.weight_decay)
-        total = self.trainer.estimated_stepping_batches
-        scheduler = warmup_cosine(optimizer, total, int(hp.warmup_fraction * total), hp.lr, hp.min_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay)
 
     def on_fit_start(self) -> None:
         counts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in self.model.parameter_counts().items())
