@@ -197,3 +197,11 @@ def test_norm_stats_are_training_moments(toy_dataset):
         mean = stats["subj01_mean"]
     expected = 1 + np.arange(40) / 10
     assert np.abs(mean - expected).max() < 1.2  # 48 draws of 2*N(0,1): 4 sigma is ~1.2
+
+
+def test_datasets_stream_from_urls(toy_dataset):
+    """Any fsspec/webdataset URL works like a local path (here file://, as s3:// or gs:// would)."""
+    dm = _datamodule(f"file://{toy_dataset}", num_workers=2)
+    keys = [k for b in dm.test_dataloader() for k in b["key"]]
+    assert len(keys) == len(set(keys)) == 16
+    assert len(list(dm.train_dataloader())) == 24

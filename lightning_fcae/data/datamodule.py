@@ -295,8 +295,6 @@ class NSDDataModule(L.LightningDataModule):
 
     def _decoder(self, repeats: RepeatMode) -> SampleDecoder:
         if self._stats is None:
-            if not is_local(self.data_dir):
-                raise NotImplementedError("remote datasets need norm_stats.npz copied locally (set data_dir)")
             self._stats = load_norm_stats(self.data_dir, self.manifest)
         return SampleDecoder(
             self.subjects,

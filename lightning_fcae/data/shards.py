@@ -246,11 +246,19 @@ class DatasetWriter:
 
 
 def load_norm_stats(root: str | Path, manifest: Manifest) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-subject (mean, std) float32 arrays, checked against the manifest's voxel counts."""
-    path = Path(root) / manifest.norm_stats
-    if not path.exists():
-        raise ManifestError(f"{path} is missing (named by the manifest's norm_stats)")
-    with np.load(path) as data:
+    """Per-subject (mean, std) float32 arrays, checked against the manifest's voxel counts.
+
+    ``root`` is a local directory or any fsspec URL (``s3://bucket/nsd``, ``file:///data/nsd``).
+    """
+    import fsspec
+
+    path = f"{str(root).rstrip('/')}/{manifest.norm_stats}"
+    try:
+        with fsspec.open(path, "rb") as handle:
+            payload = handle.read()
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path} is missing (named by the manifest's norm_stats)") from exc
+    with np.load(io.BytesIO(payload)) as data:
         stats = {s: (data[f"{s}_mean"], data[f"{s}_std"]) for s in manifest.subjects}
     for subject, (mean, _) in stats.items():
         if mean.shape != (manifest.subjects[subject],):
