@@ -135,12 +135,17 @@ def _counts(manifest) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The ``lightning-fcae`` command: LightningCLI subcommands plus ``data ...`` and ``convert-ldm``."""
+    """The ``lightning-fcae`` command: LightningCLI subcommands plus ``data ...``, ``convert-ldm`` and
+    ``reconstruct``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "convert-ldm":
         from .models.ldm_convert import main as convert_ldm
 
         sys.exit(convert_ldm(argv[1:]))
+    if argv and argv[0] == "reconstruct":
+        from .reconstruct import main as reconstruct
+
+        sys.exit(reconstruct(argv[1:]))
     if argv and argv[0] == "data":
         from .data.schema import DatasetError
 

@@ -1,0 +1,308 @@
+"""Stage-3 evaluation: reconstruct a split's images from fMRI, save them as PNGs and score them.
+
+``lightning-fcae reconstruct --ckpt CKPT --data DIR --out OUT`` writes::
+
+    OUT/images/{key}_{i}.png  reconstruction i < samples of sample ``key`` (e.g. subj01_nsd000012)
+    OUT/truth/{key}.png       the seen image, at the reconstructions' resolution
+    OUT/grid.png              truth | reconstructions of the first 16 samples
+    OUT/metrics.json          the metrics and the run's settings
+    OUT/settings.json         what generated the PNGs: a resumed run must use the same
+
+Runs resume: a sample whose PNGs all exist is not sampled again, its PNGs are read back. Each sample's
+noise comes from its own generator, seeded ``seed + crc32(key)``, so a resumed run writes exactly the
+images an uninterrupted one would. ``sample_images`` draws a whole batch's noise from one generator, so
+per-sample seeds mean one ``LDMFinetune.reconstruct`` call per sample (its ``samples`` images batched).
+
+Metrics are computed on the PNGs' uint8 pixels (what a resumed run reads back), on sample 0 when
+``samples > 1``: one draw per stimulus, as with ``samples=1``, so runs compare; picking the best of
+several would peek at the ground truth. Every metric is computed per subject, and ``mean`` is the
+unweighted mean over subjects: NSD's shared test images repeat across subjects, so in a pooled set a
+"distractor" could be the very image sought.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_png, encode_png, read_file
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from .data.datamodule import NSDDataModule
+from .data.schema import DatasetError
+from .metrics.callbacks import comparison_grid, subject_scores
+from .models.ldm import vq_downsampling
+from .stages.diffusion import LDMFinetune
+
+if TYPE_CHECKING:
+    from .models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
+
+GRID_SAMPLES = 16
+BLOCKS = ("raw", "pairwise", "perceptual")
+CONVENTIONS = {
+    "raw": "MindEye / the paper's Table 2: mean over images of MSE, pixel Pearson r and SSIM (grayscale, "
+    "gaussian window) at the reconstructions' resolution; clip_score = mean cosine of CLIP image "
+    "embeddings; clip_Nway = N-way identification of CLIP embeddings (exact expectation over draws)",
+    "pairwise": "MinD-Vis / vis-dec: fraction of other images a reconstruction matches worse than its own "
+    "(MSE, Pearson r, RGB SSIM with a 7x7 uniform window); chance 0.5",
+    "perceptual": "MindEye feature metrics and LPIPS, where their weights are on disk (skipped: why not)",
+    "subjects": "every metric per subject; mean = unweighted mean over subjects; metrics use sample 0",
+}
+
+
+class ReconstructionError(ValueError):
+    """A run cannot start: not a stage-3 checkpoint, or an output folder made with other settings."""
+
+
+def load_finetune(ckpt: str | Path) -> LDMFinetune:
+    """The :class:`LDMFinetune` of a Lightning checkpoint, on CPU; clear errors for any other file."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:  # mmap: looking inside costs no read of the weights
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a non-checkpoint
+        raise ReconstructionError(
+            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
+    if not any(name.startswith("conditioner.") for name in state):
+        raise ReconstructionError(f"{path} is not an LDMFinetune (stage 3) checkpoint: no fMRI conditioner")
+    return LDMFinetune.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+
+
+def sample_seed(seed: int, key: str) -> int:
+    """Stable across processes and Python versions, unlike ``hash(key)``."""
+    return seed + zlib.crc32(key.encode())
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[0, 1] floats -> uint8, rounded as ``save_image`` does."""
+    return images.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+
+
+def write_png(path: Path, image: Tensor) -> None:
+    """``[3, H, W]`` uint8 -> PNG, via a rename: an interrupted run never leaves a truncated PNG behind
+    that a resumed run would take for a finished one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(encode_png(image).numpy().tobytes())
+    os.replace(tmp, path)
+
+
+def read_png(path: Path) -> Tensor:
+    return decode_png(read_file(str(path)), ImageReadMode.RGB)  # 3 H W uint8
+
+
+def _reconstruct_batch(
+    model: LDMFinetune, batch: dict, out: Path, steps: int, guidance: float, samples: int, seed: int
+) -> Tensor:
+    """``[b, samples, 3, H, W]`` uint8 reconstructions of a batch: read back for a key whose PNGs all
+    exist, else sampled with the key's own seed and written (with its truth PNG)."""
+    voxels = model.hparams.num_voxels
+    fmri = F.pad(batch["fmri"], (0, voxels - batch["fmri"].shape[1]))  # b V: zero padding, as in training
+    fmri = fmri.to(model.device)
+    recon = []
+    for i, key in enumerate(batch["key"]):
+        if not (out / "truth" / f"{key}.png").is_file():
+            write_png(out / "truth" / f"{key}.png", batch["image"][i])
+        paths = [out / "images" / f"{key}_{j}.png" for j in range(samples)]
+        if all(path.is_file() for path in paths):
+            recon.append(torch.stack([read_png(path) for path in paths]))
+            continue
+        images = model.reconstruct(fmri[i : i + 1], steps, guidance, samples, sample_seed(seed, key))
+        recon.append(to_uint8(images[0].cpu()))  # s 3 H W
+        for path, image in zip(paths, recon[-1]):
+            write_png(path, image)
+    return torch.stack(recon)
+
+
+@dataclass
+class _SubjectImages:
+    """One subject's images (sample 0) and CLIP embeddings, collected batch by batch."""
+
+    preds: list[Tensor] = field(default_factory=list)  # [b, 3, H, W] uint8
+    truth: list[Tensor] = field(default_factory=list)
+    clip_preds: list[Tensor] = field(default_factory=list)  # [b, D]
+    clip_truth: list[Tensor] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.preds))
+
+    def add(self, preds: Tensor, truth: Tensor, clip: FrozenClip | None, device: torch.device) -> None:
+        self.preds.append(preds)
+        self.truth.append(truth)
+        if clip is not None:
+            self.clip_preds.append(clip.image_embed(preds.to(device).float() / 255).float().cpu())
+            self.clip_truth.append(clip.image_embed(truth.to(device).float() / 255).float().cpu())
+
+    def scores(self, n_way: int, device: torch.device) -> dict:
+        preds, truth = (torch.cat(x).to(device) for x in (self.preds, self.truth))
+        clip = (torch.cat(self.clip_preds), torch.cat(self.clip_truth)) if self.clip_preds else None
+        return subject_scores(preds, truth, clip, n_way)
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Resuming with other settings would mix two runs' images in one evaluation: refuse it."""
+    path = out / "settings.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+            raise ReconstructionError(
+                f"{out} holds reconstructions made with other settings (was, now): {changed}; "
+                "use another --out, or the same settings to resume"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _summarise(per_subject: dict[str, dict]) -> dict:
+    """Per-subject blocks -> ``{block: {mean, per_subject, skipped?}}``."""
+    summary = {}
+    for block in BLOCKS:
+        values = {s: blocks[block][0] for s, blocks in per_subject.items()}
+        names = dict.fromkeys(name for v in values.values() for name in v)
+        mean = {n: _mean([v[n] for v in values.values() if n in v]) for n in names}
+        summary[block] = {"mean": mean, "per_subject": values}
+        skipped = {k: v for blocks in per_subject.values() for k, v in blocks[block][1].items()}
+        if skipped:
+            summary[block]["skipped"] = skipped
+    return summary
+
+
+def reconstruct(
+    ckpt: str | Path,
+    data_dir: str | Path,
+    split: str = "test",
+    out: str | Path = "reconstructions",
+    steps: int = 50,
+    guidance: float = 3.0,
+    samples: int = 1,
+    batch_size: int = 16,
+    seed: int = 0,
+    subjects: list[str] | None = None,
+    clip_model: str | None = None,
+    clip_pretrained: str | None = None,
+    n_way: int = 50,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Reconstruct ``split`` (repeats averaged) into ``out`` and return the metrics written to
+    ``out/metrics.json`` (see the module doc). ``clip_model`` (+ ``clip_pretrained``, a local file or
+    open_clip tag) adds the CLIP scores; ``batch_size`` is how many fMRI samples are read and
+    CLIP-embedded at a time."""
+    out = Path(out)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_finetune(ckpt).to(device).eval()
+    data = NSDDataModule(
+        str(data_dir),
+        subjects=subjects,
+        batch_size=batch_size,
+        num_workers=0,
+        patch_size=model.encoder.patch_size,
+        image_size=model.latent_size * vq_downsampling(model.vq),  # truth at the reconstructions' size
+    )
+    if data.num_voxels > model.hparams.num_voxels:
+        raise ReconstructionError(
+            f"the data has {data.num_voxels} (padded) voxels, the model takes {model.hparams.num_voxels}"
+        )
+    clip = None
+    if clip_model:
+        from .models.clip import load_clip
+
+        clip = load_clip(clip_model, clip_pretrained).to(device)
+    # what the PNGs depend on; checked once the inputs are known to be usable
+    settings = dict(ckpt=str(Path(ckpt).resolve()), split=split, steps=steps, guidance=guidance)
+    settings |= dict(samples=samples, seed=seed)
+    _check_settings(out, settings)
+    for folder in ("images", "truth"):
+        (out / folder).mkdir(exist_ok=True)
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    collected = {name: _SubjectImages() for name in data.subjects}
+    grid: list[tuple[Tensor, Tensor]] = []  # (truth [3, H, W], recon [s, 3, H, W]) uint8
+    bar = tqdm(total=data.num_samples(split), desc=f"reconstruct {split}", unit="img", disable=not progress)
+    for batch in data.eval_dataloader(split):
+        with autocast, torch.no_grad():
+            recon = _reconstruct_batch(model, batch, out, steps, guidance, samples, seed)  # b s 3 H W
+            for index, images in enumerate(collected.values()):
+                rows = batch["subject"] == index
+                if rows.any():
+                    images.add(recon[rows, 0], batch["image"][rows], clip, device)
+        grid += list(zip(batch["image"], recon))[: GRID_SAMPLES - len(grid)]
+        bar.update(len(recon))
+    bar.close()
+
+    truth, recon = (torch.stack(x).float() / 255 for x in zip(*grid))  # n 3 H W, n s 3 H W
+    save_image(comparison_grid(truth, recon), out / "grid.png")
+    per_subject = {name: images.scores(n_way, device) for name, images in collected.items() if len(images)}
+    counts = {name: len(collected[name]) for name in per_subject}
+    metrics = _summarise(per_subject)
+    metrics["meta"] = settings | dict(
+        data_dir=str(data_dir),
+        subjects=counts,
+        images=sum(counts.values()),
+        metrics_on_sample=0,
+        clip_model=clip_model,
+        clip_pretrained=clip_pretrained,
+        conventions=CONVENTIONS,
+    )
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def format_metrics(metrics: dict) -> str:
+    """A plain-text table: block, metric, mean over subjects, then one column per subject."""
+    subjects = list(metrics["meta"]["subjects"])
+    lines = [f"{'block':<11}{'metric':<16}{'mean':>9}" + "".join(f"{s:>10}" for s in subjects)]
+    for block in BLOCKS:
+        for name, mean in metrics[block]["mean"].items():
+            per = [metrics[block]["per_subject"][s].get(name) for s in subjects]
+            cells = "".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in per)
+            lines.append(f"{block:<11}{name:<16}{mean:>9.4f}{cells}")
+        if metrics[block].get("skipped"):
+            lines.append(f"{block:<11}skipped: {', '.join(metrics[block]['skipped'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lightning-fcae reconstruct --ckpt CKPT --data DIR --out DIR [...]``."""
+    parser = argparse.ArgumentParser(prog="lightning-fcae reconstruct", description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", type=Path, required=True, help="LDMFinetune (stage 3) checkpoint")
+    parser.add_argument("--data", dest="data_dir", required=True, help="dataset directory or URL")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--samples", type=int, default=1, help="reconstructions per sample")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subjects", nargs="+", default=None)
+    parser.add_argument("--clip-model", default=None, help="open_clip model for the CLIP scores")
+    parser.add_argument("--clip-pretrained", default=None, help="its weights: a local file or open_clip tag")
+    parser.add_argument("--n-way", type=int, default=50)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+    try:
+        metrics = reconstruct(**vars(args))
+    except (ReconstructionError, FileNotFoundError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_metrics(metrics))
+    print(f"wrote {args.out}/images, {args.out}/grid.png, {args.out}/metrics.json")
+    return 0
