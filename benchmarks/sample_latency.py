@@ -2,11 +2,12 @@
 
     python benchmarks/sample_latency.py                      # CPU: "small" LDM, batch 4, 50 steps
     python benchmarks/sample_latency.py --steps 50 250 --batch 1 4
-    python benchmarks/sample_latency.py                      # GPU: cin256-f4, batch 16 32, 50 and 250 steps
+    python benchmarks/sample_latency.py                      # GPU: cin256-f4, batch 1 16 32, 50 and 250 steps
 
 Times ``LDMFinetune.reconstruct`` end to end (fMRI encoder, conditioner, ``steps`` guided UNet calls on
 a batch of 2b, VQ decode) with random weights: the speed does not depend on their values. The fMRI
-encoder runs once per batch, not per step, so its size (``--encoder-size``) hardly matters.
+encoder runs once per batch, not per step, so its size (``--encoder-size``) hardly matters. Batch 1 is
+what ``lightning-fcae reconstruct`` runs (one call per test sample, for per-sample seeds).
 
 GPU: bf16 autocast (as ``reconstruct.py`` samples), timing between ``torch.cuda.synchronize`` calls,
 peak memory = ``max_memory_allocated`` of the timed batches. CPU: fp32, peak memory = the process' peak
@@ -61,7 +62,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--ldm", default=None, help="LDM config (default: cin256-f4 on GPU, small on CPU)")
-    parser.add_argument("--batch", type=int, nargs="+", default=None, help="default: 16 32 on GPU, 4 on CPU")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=None, help="default: 1 16 32 on GPU, 4 on CPU"
+    )
     parser.add_argument(
         "--steps", type=int, nargs="+", default=None, help="default: 50 250 on GPU, 50 on CPU"
     )
@@ -76,7 +79,7 @@ def main() -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
     ldm = args.ldm or ("cin256-f4" if gpu else "small")
-    batches = args.batch or ([16, 32] if gpu else [4])
+    batches = args.batch or ([1, 16, 32] if gpu else [4])
     steps = args.steps or ([50, 250] if gpu else [50])
 
     model = build(ldm, args.voxels, args.encoder_size, device)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -19,6 +24,7 @@ from lightning_fcae.stages.diffusion import LDMFinetune
 from tests.conftest import VOXELS
 
 V = 80  # padded voxel count of VOXELS
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _textured_dataset(root):
@@ -189,3 +195,40 @@ def test_reconstruction_metrics_callback(trained, tmp_path, monkeypatch):
     ((key, images, step),) = logger.images
     assert key == "val_recon/grid" and images[0].shape[0] == 3 and step == trainer.global_step
     assert not list((tmp_path / "run2").rglob("val_recon_*.png"))
+
+
+def test_reconstruction_metrics_under_two_process_ddp(trained, tmp_path):
+    """Only rank 0 samples and scores: any collective there (a torchmetrics sync in compute, a broadcast)
+    would wait forever for the other rank, which has gone on training."""
+    data, _ = trained
+    command = [sys.executable, __file__, str(data), str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        _, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # both ranks: they share the session
+        pytest.fail("DDP fit with ReconstructionMetrics hung")
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert json.loads((tmp_path / "rank0.json").read_text()) == ["mse", "pairwise_pcc", "pixcorr", "ssim"]
+    assert [p.name for p in tmp_path.glob("val_recon_*.png")] == ["val_recon_epoch0.png"]
+
+
+def _ddp_fit(data: str, root: str) -> None:
+    """The DDP test's run; Lightning starts rank 1 as this same command."""
+    torch.set_num_threads(1)
+    callback = ReconstructionMetrics(num_samples=4, steps=2)
+    trainer = _trainer(
+        root, devices=2, strategy="ddp", use_distributed_sampler=False, max_epochs=1,
+        limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[callback],
+    )  # fmt: skip
+    trainer.fit(LDMFinetune(V, condition_tokens=8), _datamodule(data))
+    if trainer.is_global_zero:
+        names = sorted(
+            k.removeprefix("val_recon/") for k in trainer.callback_metrics if k.startswith("val_recon/")
+        )
+        (Path(root) / "rank0.json").write_text(json.dumps(names))
+
+
+if __name__ == "__main__":
+    _ddp_fit(*sys.argv[1:3])

@@ -22,6 +22,9 @@ from .identification import NWayIdentification, PairwiseKind, pairwise_identific
 from .image import SSIM, ClipScore, ImageMSE, MeanOfScores, PixCorr
 from .perceptual import LPIPS_BACKBONES, LPIPSMetric, MissingWeightsError, mindeye_feature_metrics
 
+# Every score here is this process' own: under DDP only rank 0 scores, and a metric's default sync in
+# compute() would wait forever for the other ranks.
+LOCAL = {"sync_on_compute": False}
 GRID_GROUPS_PER_ROW = 8  # images per grid row, truth included: truth | recon pairs come 4 to a row
 
 
@@ -36,9 +39,9 @@ def mean_score(metric: MeanOfScores, preds: Tensor, target: Tensor, chunk: int =
 def low_level_metrics(preds: Tensor, target: Tensor) -> dict[str, float]:
     """MindEye's per-image scores of ``[n, 3, H, W]`` images in [0, 1], averaged over images."""
     return {
-        "mse": mean_score(ImageMSE(), preds, target),
-        "pixcorr": mean_score(PixCorr(), preds, target),
-        "ssim": mean_score(SSIM(), preds, target),
+        "mse": mean_score(ImageMSE(**LOCAL), preds, target),
+        "pixcorr": mean_score(PixCorr(**LOCAL), preds, target),
+        "ssim": mean_score(SSIM(**LOCAL), preds, target),
     }
 
 
@@ -54,7 +57,7 @@ def perceptual_metrics(preds: Tensor, target: Tensor) -> tuple[dict[str, float],
     values, skipped = {}, {}
     for net in LPIPS_BACKBONES:
         try:
-            values[f"lpips_{net}"] = mean_score(LPIPSMetric(net), preds, target, chunk=32)
+            values[f"lpips_{net}"] = mean_score(LPIPSMetric(net, **LOCAL), preds, target, chunk=32)
         except MissingWeightsError as err:
             skipped[f"lpips_{net}"] = str(err)
     suite = mindeye_feature_metrics(preds, target)
@@ -68,12 +71,12 @@ def subject_scores(preds: Tensor, truth: Tensor, clip: tuple[Tensor, Tensor] | N
     p, t = preds.float() / 255, truth.float() / 255
     raw, raw_skipped = low_level_metrics(p, t), {}
     if clip is not None:
-        raw["clip_score"] = mean_score(ClipScore(), *clip)
+        raw["clip_score"] = mean_score(ClipScore(**LOCAL), *clip)
         for n in sorted({2, n_way}):
             if n > len(p):
                 raw_skipped[f"clip_{n}way"] = f"needs at least {n} images per subject, got {len(p)}"
                 continue
-            identification = NWayIdentification(n)
+            identification = NWayIdentification(n, **LOCAL)
             identification.update(*clip)
             raw[f"clip_{n}way"] = identification.compute().item()
     perceptual, perceptual_skipped = perceptual_metrics(p, t)
