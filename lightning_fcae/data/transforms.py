@@ -43,11 +43,6 @@ def normalise_and_pad(voxels: np.ndarray, mean: np.ndarray, std: np.ndarray, len
     return out
 
 
-def unpad(fmri: torch.Tensor, n_voxels: int) -> torch.Tensor:
-    """Inverse of the padding: ``[..., length] -> [..., n_voxels]``."""
-    return fmri[..., :n_voxels]
-
-
 def image_to_uint8_chw(image: Image.Image, size: int | None) -> torch.Tensor:
     """RGB PIL image -> ``uint8 [3, size, size]``; uint8 keeps worker->trainer IPC 4x smaller."""
     if size is not None and image.size != (size, size):
