@@ -6,8 +6,9 @@
 
 Times ``LDMFinetune.reconstruct`` end to end (fMRI encoder, conditioner, ``steps`` guided UNet calls on
 a batch of 2b, VQ decode) with random weights: the speed does not depend on their values. The fMRI
-encoder runs once per batch, not per step, so its size (``--encoder-size``) hardly matters. Batch 1 is
-what ``lightning-fcae reconstruct`` runs (one call per test sample, for per-sample seeds).
+encoder runs once per batch, not per step, so its size (``--encoder-size``) hardly matters.
+``lightning-fcae reconstruct`` samples a whole data batch (``--batch-size``) per call, one seed per test
+sample; this times one seed per batch, at the same speed.
 
 GPU: bf16 autocast (as ``reconstruct.py`` samples), timing between ``torch.cuda.synchronize`` calls,
 peak memory = ``max_memory_allocated`` of the timed batches. CPU: fp32, peak memory = the process' peak

@@ -8,10 +8,13 @@
     OUT/metrics.json          the metrics and the run's settings
     OUT/settings.json         what generated the PNGs: a resumed run must use the same
 
-Runs resume: a sample whose PNGs all exist is not sampled again, its PNGs are read back. Each sample's
-noise comes from its own generator, seeded ``seed + crc32(key)``, so a resumed run writes exactly the
-images an uninterrupted one would. ``sample_images`` draws a whole batch's noise from one generator, so
-per-sample seeds mean one ``LDMFinetune.reconstruct`` call per sample (its ``samples`` images batched).
+Runs resume: a sample whose PNGs all exist is not sampled again, its PNGs are read back. The samples of
+a data batch still to do are sampled together, in one ``LDMFinetune.reconstruct`` call (a UNet batch of
+``2 x samples x`` their number), but each sample's noise comes from its own generator, seeded
+``seed + crc32(key)``, so its images do not depend on what else is in the batch: a resumed run writes
+the images an uninterrupted one would. Same noise, that is: kernels whose order of operations changes
+with the batch size (GPU, bf16 autocast) can round differently, so there a resampled PNG may differ
+slightly from the one an uninterrupted run wrote; on CPU the tests find identical PNGs.
 
 Metrics are computed on the PNGs' uint8 pixels (what a resumed run reads back), on sample 0 when
 ``samples > 1``: one draw per stimulus, as with ``samples=1``, so runs compare; picking the best of
@@ -108,22 +111,29 @@ def _reconstruct_batch(
     model: LDMFinetune, batch: dict, out: Path, steps: int, guidance: float, samples: int, seed: int
 ) -> Tensor:
     """``[b, samples, 3, H, W]`` uint8 reconstructions of a batch: read back for a key whose PNGs all
-    exist, else sampled with the key's own seed and written (with its truth PNG)."""
-    voxels = model.hparams.num_voxels
-    fmri = F.pad(batch["fmri"], (0, voxels - batch["fmri"].shape[1]))  # b V: zero padding, as in training
-    fmri = fmri.to(model.device)
-    recon = []
+    exist; the others sampled in one call, each with its key's own seed, and written (with the truth
+    PNGs)."""
+    recon: list[Tensor | None] = []
+    todo = []  # rows whose PNGs are not all there
     for i, key in enumerate(batch["key"]):
         if not (out / "truth" / f"{key}.png").is_file():
             write_png(out / "truth" / f"{key}.png", batch["image"][i])
         paths = [out / "images" / f"{key}_{j}.png" for j in range(samples)]
         if all(path.is_file() for path in paths):
             recon.append(torch.stack([read_png(path) for path in paths]))
-            continue
-        images = model.reconstruct(fmri[i : i + 1], steps, guidance, samples, sample_seed(seed, key))
-        recon.append(to_uint8(images[0].cpu()))  # s 3 H W
-        for path, image in zip(paths, recon[-1]):
-            write_png(path, image)
+        else:
+            recon.append(None)
+            todo.append(i)
+    if todo:
+        voxels = model.hparams.num_voxels
+        fmri = batch["fmri"][todo]
+        fmri = F.pad(fmri, (0, voxels - fmri.shape[1])).to(model.device)  # n V: zero padding, as in training
+        seeds = [sample_seed(seed, batch["key"][i]) for i in todo]
+        images = to_uint8(model.reconstruct(fmri, steps, guidance, samples, seeds).cpu())  # n s 3 H W
+        for i, row in zip(todo, images):
+            recon[i] = row
+            for j, image in enumerate(row):
+                write_png(out / "images" / f"{batch['key'][i]}_{j}.png", image)
     return torch.stack(recon)
 
 
@@ -204,8 +214,8 @@ def reconstruct(
 ) -> dict:
     """Reconstruct ``split`` (repeats averaged) into ``out`` and return the metrics written to
     ``out/metrics.json`` (see the module doc). ``clip_model`` (+ ``clip_pretrained``, a local file or
-    open_clip tag) adds the CLIP scores; ``batch_size`` is how many fMRI samples are read and
-    CLIP-embedded at a time."""
+    open_clip tag) adds the CLIP scores; ``batch_size`` is how many fMRI samples are read, sampled and
+    CLIP-embedded at a time (the UNet runs on up to ``2 x samples x batch_size`` latents)."""
     out = Path(out)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_finetune(ckpt).to(device).eval()

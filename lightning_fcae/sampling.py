@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel, VQModel
+from diffusers.utils.torch_utils import randn_tensor
 
 
 @torch.no_grad()
@@ -23,7 +24,7 @@ def sample_images(
     null_pooled: torch.Tensor | None = None,
     steps: int = 50,
     guidance: float = 3.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     latent_size: int | None = None,
     eta: float = 0.0,
 ) -> torch.Tensor:
@@ -35,7 +36,10 @@ def sample_images(
         null_tokens / null_pooled: the unconditional embedding, anything that broadcasts to the
             conditions' shapes; needed unless ``guidance == 1``.
         steps: DDIM steps. guidance: classifier-free guidance scale.
-        generator: seeds the initial noise (and the DDIM noise when ``eta > 0``).
+        generator: seeds the initial noise (and the DDIM noise when ``eta > 0``): one generator for the
+            whole batch, or a list of ``b``, row i's noise drawn from ``generator[i]`` (diffusers'
+            ``randn_tensor``), so a row's images do not depend on the rest of the batch. A generator may
+            appear several times in the list: its rows then draw from it in turn, in row order.
         latent_size: latent side (default ``unet.config.sample_size``).
     """
     scheduler = DDIMScheduler.from_config(scheduler_config, set_alpha_to_one=False)
@@ -43,8 +47,10 @@ def sample_images(
     scheduler.set_timesteps(steps, device=device)
     size = latent_size or unet.config.sample_size
     shape = (cond_tokens.shape[0], unet.config.in_channels, size, size)
-    noise_device = generator.device if generator is not None else device
-    latents = torch.randn(shape, generator=generator, device=noise_device).to(device, unet.dtype)  # b c h w
+    if isinstance(generator, list) and len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    # drawn on the generators' device (CPU generators: on the CPU), in fp32, then moved
+    latents = randn_tensor(shape, generator=generator, device=device).to(unet.dtype)  # b c h w
     latents = latents * scheduler.init_noise_sigma
 
     guided = guidance != 1.0

@@ -199,6 +199,45 @@ def test_sampling_shape_range_guidance_and_determinism():
     assert not torch.equal(recon[:, 0], recon[:, 1])  # samples of one fMRI differ
 
 
+def test_per_row_generators_make_rows_independent_of_the_batch():
+    module = _finetune().eval()
+    fmri = _batch(3)["fmri"]
+    a, b, c = fmri[0:1], fmri[1:2], fmri[2:3]
+
+    def recon(rows, seed, samples=2):
+        return module.reconstruct(torch.cat(rows), steps=3, samples=samples, seed=seed)
+
+    def close(x, y):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+
+    batched = recon([a, b], [7, 11])
+    assert batched.shape == (2, 2, 3, 16, 16)
+    close(batched, torch.cat([recon([a], 7), recon([b], 11)]))  # = one int-seeded call per row
+    close(recon([c, a], [3, 7])[1], batched[0])  # row a's images, whatever sits beside it
+    assert not torch.allclose(batched[:, 0], batched[:, 1], atol=1e-3)  # a row's samples differ
+    assert not torch.allclose(recon([a, a], [7, 8])[0], recon([a, a], [7, 8])[1], atol=1e-3)
+    with pytest.raises(ValueError, match="3 seeds for 2"):
+        recon([a, b], [1, 2, 3])
+
+    # sample_images itself, with DDIM noise at every step (eta > 0) drawn per row too
+    tokens, pooled = module.condition(fmri)
+    null_tokens, null_pooled = module.conditioner.null(3)
+    args = (module.unet, module.vq, module.noise_scheduler.config)
+
+    def sample(rows, seeds):
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        return sample_images(
+            *args, tokens[rows], pooled[rows], null_tokens[rows], null_pooled[rows],
+            steps=3, guidance=3.0, generator=generators, eta=0.5,
+        )  # fmt: skip
+
+    together = sample([0, 1, 2], [1, 2, 3])
+    close(together[1:2], sample([1], [2]))
+    close(together[::2], sample([0, 2], [1, 3]))
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        sample([0, 1, 2], [1, 2])
+
+
 # --- CompVis checkpoint conversion: write a tiny CompVis-named checkpoint from a diffusers LDM --------------
 
 RESNET_TO_COMPVIS = {

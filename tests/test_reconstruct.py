@@ -76,7 +76,17 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
         torch.manual_seed(0)  # the random-weight test CLIP is initialised from the global RNG
         return reconstruct(ckpt, data, out=out, steps=3, clip_model="fcae-clip-tiny", n_way=4, progress=False)
 
+    rows = []  # fMRI rows per LDMFinetune.reconstruct call
+    original = LDMFinetune.reconstruct
+
+    def counting(self, fmri, *args, **kwargs):
+        rows.append(len(fmri))
+        return original(self, fmri, *args, **kwargs)
+
+    monkeypatch.setattr(LDMFinetune, "reconstruct", counting)
     metrics = run()
+    assert rows == [16]  # the one data batch (batch_size 16) sampled in one call
+    monkeypatch.undo()
     images = sorted((out / "images").glob("*.png"))
     assert len(images) == 16 and all(p.stem.endswith("_0") for p in images)
     truth = sorted((out / "truth").glob("*.png"))
@@ -107,21 +117,15 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
     monkeypatch.setattr(LDMFinetune, "reconstruct", no_sampling)
     assert run() == metrics
 
-    # a lost PNG is sampled again, alone, with its own seed: the same image as before
-    calls = []
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
+    # a lost PNG is sampled again, alone, with its own seed: the same image as in the batch of 16
     monkeypatch.undo()
-    original = LDMFinetune.reconstruct
     monkeypatch.setattr(LDMFinetune, "reconstruct", counting)
+    rows.clear()
     lost = images[5]
     before = lost.read_bytes()
     lost.unlink()
     assert run() == metrics
-    assert len(calls) == 1 and lost.read_bytes() == before
+    assert rows == [1] and lost.read_bytes() == before
     assert all(p.stat().st_mtime_ns == mtimes[p] for p in images if p != lost)
 
     with pytest.raises(ReconstructionError, match="steps"):  # other settings would mix two runs' images
