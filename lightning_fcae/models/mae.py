@@ -84,11 +84,17 @@ class MAE(nn.Module):
         n = self.encoder.num_patches
         ids_keep, ids_mask, ids_restore = random_masking(x.shape[0], n, mask_ratio, generator, x.device)
         pred = self.decode(self.encoder(x, ids_keep), ids_restore)
+        return self.output(x, pred, ids_keep, ids_mask)
+
+    def output(
+        self, x: torch.Tensor, pred: torch.Tensor, ids_keep: torch.Tensor, ids_mask: torch.Tensor
+    ) -> MAEOutput:
+        """Wrap the predictions ``[b, N, p]`` of input ``x [b, V]`` with their targets and mask."""
         target = patchify(x, self.patch_size)
         if self.norm_pix_loss:
             mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
-        mask = torch.zeros(x.shape[0], n, device=x.device, dtype=x.dtype).scatter_(1, ids_mask, 1.0)
+        mask = torch.zeros(target.shape[:2], device=x.device, dtype=x.dtype).scatter_(1, ids_mask, 1.0)
         return MAEOutput(pred, target, mask, ids_keep, ids_mask)
 
     def parameter_counts(self) -> dict[str, int]:

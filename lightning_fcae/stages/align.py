@@ -33,7 +33,7 @@ class FCAEAlign(L.LightningModule):
 
     Args:
         num_voxels: padded voxel count (linked from the DataModule by the CLI).
-        encoder_ckpt: a FCAEPretrain/MAEPretrain checkpoint (the decoder is dropped). None starts from
+        encoder_ckpt: a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint (the decoder is dropped). None starts from
             a random ``encoder_kind``/``encoder_size`` model: the "untrained encoder" control.
         clip_tokens / clip_dim: CLIP's image-token grid, T x D (ViT-B-32: 50 x 512).
         use_image / use_text: the cosine image-token loss and the text contrastive loss.
@@ -233,7 +233,9 @@ def load_aligned(path: str) -> FMRIAligner:
     Needs neither the stage-1 checkpoint nor CLIP: the architecture is recorded in the checkpoint.
     """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    hparams = {**checkpoint["hyper_parameters"], "live_clip_model": None, "encoder_ckpt": None}
+    # LightningCLI adds private keys (``_class_path``, ``_instantiator``) to the hyper-parameters
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    hparams |= {"live_clip_model": None, "encoder_ckpt": None}
     module = FCAEAlign(**hparams)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     return module.aligner

@@ -45,9 +45,11 @@ from .pretrain import ModelSize, load_pretrained
 
 
 def load_fmri_encoder(path: str) -> FMRIEncoder:
-    """The fMRI encoder of a stage-2 (FCAEAlign) or stage-1 (FCAEPretrain / MAEPretrain) checkpoint, on CPU.
+    """The fMRI encoder of a stage-2 (FCAEAlign) or stage-1 (FCAEPretrain / MAEPretrain / DCMAEPretrain)
+    checkpoint, on CPU.
 
-    Stage 2 is the paper's chain; a stage-1 checkpoint gives the MinD-Vis baseline (no alignment).
+    Stage 2 is the paper's chain; a stage-1 checkpoint gives the MinD-Vis (MAEPretrain) or vis-dec
+    (DCMAEPretrain) baseline (no alignment).
     """
     hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
     if "stage1" in hparams:  # FCAEAlign records its stage-1 architecture
@@ -190,9 +192,22 @@ class LDMFinetune(L.LightningModule):
         steps: int | None = None,
         guidance: float | None = None,
         samples: int = 1,
-        seed: int = 0,
+        seed: int | list[int] = 0,
     ) -> torch.Tensor:
-        """Images decoded from ``fmri [b, V]``: ``[b, samples, 3, H, W]`` in [0, 1], all in one batch."""
+        """Images decoded from ``fmri [b, V]``: ``[b, samples, 3, H, W]`` in [0, 1], all in one batch.
+
+        ``seed``: an int seeds one generator for the whole batch; a list of ``b`` seeds gives each fMRI
+        row its own generator, from which its ``samples`` images draw in turn, so row i's images depend
+        on ``seeds[i]`` only, not on what else is in the batch (up to the kernels' batch-dependent
+        rounding).
+        """
+        if isinstance(seed, int):
+            generator = torch.Generator(self.device).manual_seed(seed)
+        elif len(seed) == len(fmri):  # rows are (b s): row b's generator repeated samples times
+            generators = [torch.Generator(self.device).manual_seed(s) for s in seed]
+            generator = [g for g in generators for _ in range(samples)]
+        else:
+            raise ValueError(f"{len(seed)} seeds for {len(fmri)} fMRI samples")
         tokens, pooled = self.condition(fmri)
         tokens, pooled = tokens.repeat_interleave(samples, 0), pooled.repeat_interleave(samples, 0)
         null_tokens, null_pooled = self.conditioner.null(len(tokens))
@@ -206,7 +221,7 @@ class LDMFinetune(L.LightningModule):
             null_pooled,
             steps=steps or self.hparams.sample_steps,
             guidance=self.hparams.guidance_scale if guidance is None else guidance,
-            generator=torch.Generator(self.device).manual_seed(seed),
+            generator=generator,
             latent_size=self.latent_size,
         )
         return rearrange(images, "(b s) c h w -> b s c h w", s=samples)
