@@ -2,7 +2,8 @@
 
 ``lightning fit --config configs/stage1_fcae.yaml`` is a LightningCLI in subclass mode, so any
 ``class_path`` model or data config works. ``lightning-fcae`` is the same CLI plus ``data``
-subcommands (synth, check, inspect, nsd); ``python -m lightning_fcae`` equals ``lightning-fcae``.
+subcommands (synth, check, inspect, nsd) and ``report RUN_DIR`` (an HTML page of a pipeline run);
+``python -m lightning_fcae`` equals ``lightning-fcae``.
 
 The ``lightning`` console name is not claimed by the lightning package itself (it ships only
 ``fabric``); a package that also installs ``lightning`` would clash, hence ``lightning-fcae``.
@@ -135,17 +136,25 @@ def _counts(manifest) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The ``lightning-fcae`` command: LightningCLI subcommands plus ``data ...``, ``convert-ldm`` and
-    ``reconstruct``."""
+    """The ``lightning-fcae`` command: LightningCLI subcommands plus ``data ...``, ``convert-ldm``,
+    ``reconstruct``, ``pipeline`` and ``report``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "convert-ldm":
         from .models.ldm_convert import main as convert_ldm
 
         sys.exit(convert_ldm(argv[1:]))
+    if argv and argv[0] == "pipeline":
+        from .pipeline import main as pipeline
+
+        sys.exit(pipeline(argv[1:]))
     if argv and argv[0] == "reconstruct":
         from .reconstruct import main as reconstruct
 
         sys.exit(reconstruct(argv[1:]))
+    if argv and argv[0] == "report":
+        from .report import main as report
+
+        sys.exit(report(argv[1:]))
     if argv and argv[0] == "data":
         from .data.schema import DatasetError
 

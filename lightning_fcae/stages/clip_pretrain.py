@@ -34,7 +34,7 @@ class ClipPretrain(L.LightningModule):
 
     Args:
         num_voxels: ignored; accepted because the CLI links ``data.num_voxels`` into every model.
-        clip_model: open_clip config to train (``fcae-clip-small``; ``fcae-clip-tiny`` for tests).
+        architecture: open_clip config to train (``fcae-clip-small``; ``fcae-clip-tiny`` for tests).
         lr / min_lr / warmup_fraction: linear warmup then cosine decay, per step.
         weight_decay: AdamW weight decay (not on norms, biases, class embedding, logit scale).
         crop_scale: area range of the random resized crop.
@@ -44,7 +44,7 @@ class ClipPretrain(L.LightningModule):
     def __init__(
         self,
         num_voxels: int = 0,
-        clip_model: str = "fcae-clip-small",
+        architecture: str = "fcae-clip-small",
         lr: float = 5e-4,
         min_lr: float = 1e-5,
         warmup_fraction: float = 0.05,
@@ -54,8 +54,8 @@ class ClipPretrain(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = open_clip.create_model(clip_model, output_dict=True)
-        self.tokenizer = open_clip.get_tokenizer(clip_model)
+        self.model = open_clip.create_model(architecture, output_dict=True)
+        self.tokenizer = open_clip.get_tokenizer(architecture)
         self.image_size, mean, std = preprocess_constants(self.model)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
@@ -146,6 +146,6 @@ class ClipPretrain(L.LightningModule):
         if self.hparams.export_path and self.trainer.is_global_zero:
             path = self.export(self.hparams.export_path)
             self.print(
-                f"exported {self.hparams.clip_model} to {path}: use clip_model: {self.hparams.clip_model}, "
+                f"exported {self.hparams.architecture} to {path}: use clip_model: {self.hparams.architecture}, "
                 f"clip_pretrained: {path}"
             )

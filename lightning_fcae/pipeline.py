@@ -1,0 +1,342 @@
+"""The paper's experiments as one command: every stage in order, each feeding the next, then evaluation.
+
+``lightning-fcae pipeline --plan experiments/demo.yaml --out results/demo`` runs, for each method and
+seed, the chain the method needs and writes one folder per stage::
+
+    OUT/shared/clip_pretrain, ldm_vq, ldm_unet   stand-ins for pretrained CLIP / LDM (trained once per
+                                                 run, only where the plan names no real weights)
+    OUT/<method>/seed<k>/stage1, stage2, stage3  LightningCLI runs
+    OUT/<method>/seed<k>/recon                   ``lightning-fcae reconstruct`` output
+    OUT/<method>/seed<k>/summary.json            what report.py tabulates
+    OUT/report.html, table2.md, table3.md        :mod:`lightning_fcae.report`
+
+Every stage is a plain ``lightning fit --config STAGE/run.yaml`` subprocess: ``run.yaml`` is the stage's
+config (``configs/<stage>.yaml``) merged with the plan's overrides and the run's paths, so any row can be
+re-run by hand with exactly that command. A stage that finished (``STAGE/done.json``) is skipped when
+the pipeline is run again: an interrupted run resumes at the stage it was in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class PlanError(ValueError):
+    """The plan file or the command line asks for something the pipeline cannot run."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of Table 2 or 3: which stage-1 pretraining, which stage-2 losses (None: no stage 2)."""
+
+    label: str
+    stage1_config: str  # file name under the configs folder
+    encoder: str
+    align: dict | None  # FCAEAlign init args (use_image / use_text); None skips stage 2
+    stage3: bool = True  # fine-tune the LDM and reconstruct
+
+
+FULL = {"use_image": True, "use_text": True}
+METHODS: dict[str, Method] = {
+    # Table 2
+    "fcae": Method("fCAE (ours)", "stage1_fcae.yaml", "fCAE", FULL),
+    "mindvis": Method("MinD-Vis (MAE)", "stage1_mae.yaml", "MAE", None),
+    "visdec": Method("vis-dec (DC-MAE)", "stage1_dcmae.yaml", "DC-MAE", None),
+    # Table 3: top-1 is n-way identification of the reconstructions, so every row runs stage 3 too
+    "fcae_F": Method("fCAE, F", "stage1_fcae.yaml", "fCAE", None),
+    "fcae_FI": Method("fCAE, F+I", "stage1_fcae.yaml", "fCAE", {"use_image": True, "use_text": False}),
+    "fcae_FT": Method("fCAE, F+T", "stage1_fcae.yaml", "fCAE", {"use_image": False, "use_text": True}),
+    "fcae_FIT": Method("fCAE, F+I+T", "stage1_fcae.yaml", "fCAE", FULL),
+    "mae_F": Method("MAE, F", "stage1_mae.yaml", "MAE", None),
+    "mae_FI": Method("MAE, F+I", "stage1_mae.yaml", "MAE", {"use_image": True, "use_text": False}),
+}
+STAGE_CONFIGS = {
+    "clip_pretrain": "clip_pretrain.yaml",
+    "ldm_vq": "ldm_pretrain.yaml",
+    "ldm_unet": "ldm_pretrain.yaml",
+    "stage2": "stage2_align.yaml",
+    "stage3": "stage3_ldm.yaml",
+}
+
+
+def modalities(method: Method) -> str:
+    if method.align is None:
+        return "F"
+    return "F" + "+I" * method.align["use_image"] + "+T" * method.align["use_text"]
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: dicts merge key by key, anything else (lists too) replaces, as
+    jsonargparse does with several ``--config`` files."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise PlanError(f"{path} does not exist")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def run_paths(config: dict, stage_dir: Path, run_name: str) -> dict:
+    """Point a stage config's outputs into ``stage_dir``: root dir, checkpoints, W&B, plus a CSV log
+    (``stage_dir/csv/fit/metrics.csv``) the report plots from."""
+    trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(stage_dir)
+    for callback in trainer.get("callbacks") or []:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback.setdefault("init_args", {})["dirpath"] = str(stage_dir / "checkpoints")
+    trainer["logger"] = [
+        {
+            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "init_args": {"project": "lightning-fcae", "name": run_name, "save_dir": str(stage_dir)},
+        },
+        csv_logger(stage_dir, "fit"),
+    ]
+    return config
+
+
+def csv_logger(stage_dir: Path, version: str) -> dict:
+    return {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(stage_dir), "name": "csv", "version": version},
+    }
+
+
+def last_csv_values(path: Path) -> dict[str, float]:
+    """The last logged value of every column of a CSVLogger ``metrics.csv`` (rows are sparse)."""
+    values = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            values.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return values
+
+
+class Pipeline:
+    """Runs a plan (see ``experiments/demo.yaml``) for some methods and seeds into ``out``."""
+
+    def __init__(self, plan: dict, out: Path, configs: Path, dry_run: bool = False):
+        self.plan, self.out, self.configs, self.dry_run = plan, out, configs, dry_run
+        self.data_dir = str(plan["data_dir"])
+        self.overrides = plan.get("stages") or {}
+        unknown = set(self.overrides) - {*STAGE_CONFIGS, "stage1"}
+        if unknown:
+            raise PlanError(
+                f"plan: unknown stages {sorted(unknown)}; known: stage1, {', '.join(STAGE_CONFIGS)}"
+            )
+        self.started = time.monotonic()
+        self.step, self.total_steps = 0, 0
+
+    # --- one stage --------------------------------------------------------------------------------
+    def stage_config(self, stage: str, config_file: str, stage_dir: Path, seed: int, extra: dict) -> dict:
+        config = load_yaml(self.configs / config_file)
+        config = deep_merge(config, self.overrides.get(stage, {}))
+        config = deep_merge(
+            config, {"seed_everything": seed, "data": {"init_args": {"data_dir": self.data_dir}}}
+        )
+        config = deep_merge(config, extra)
+        return run_paths(config, stage_dir, f"{self.out.name}-{stage_dir.parent.name}-{stage_dir.name}")
+
+    def fit(self, stage: str, config_file: str, stage_dir: Path, seed: int, extra: dict) -> Path:
+        """``lightning fit`` one stage (skipped when done); returns its last checkpoint."""
+        last = stage_dir / "checkpoints" / "last.ckpt"
+        config = self.stage_config(stage, config_file, stage_dir, seed, extra)
+        self.run(stage_dir, config, ["fit", "--config", str(stage_dir / "run.yaml")])
+        return last
+
+    def run(self, stage_dir: Path, config: dict, args: list[str], config_name: str = "run.yaml") -> None:
+        self.step += 1
+        done = stage_dir / f"done-{args[0]}.json"
+        label = f"[{self.step}/{self.total_steps} {self.elapsed()}] {stage_dir.relative_to(self.out)}"
+        if done.is_file():
+            print(f"{label}: done already, skipped", flush=True)
+            return
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / config_name).write_text(yaml.safe_dump(config, sort_keys=False))
+        command = [sys.executable, "-m", "lightning_fcae", *args]
+        print(f"{label}: {' '.join(command[2:])}", flush=True)
+        if self.dry_run:
+            return
+        start = time.monotonic()
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            raise RuntimeError(f"{stage_dir}: `{' '.join(command)}` failed (exit {result.returncode})")
+        done.write_text(json.dumps({"seconds": round(time.monotonic() - start, 1), "command": command}))
+
+    def elapsed(self) -> str:
+        minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
+        return f"{minutes}:{seconds:02d}"
+
+    # --- shared stand-ins -------------------------------------------------------------------------
+    def clip(self) -> tuple[str, str]:
+        """(open_clip model, weights): the plan's real CLIP, or the stand-in trained on the data."""
+        if self.plan.get("clip_pretrained"):
+            return self.plan["clip_model"], self.plan["clip_pretrained"]
+        shared = self.out / "shared"
+        weights = shared / "clip.pt"
+        config = load_yaml(self.configs / STAGE_CONFIGS["clip_pretrain"])
+        model = deep_merge(config, self.overrides.get("clip_pretrain", {}))["model"]["init_args"][
+            "architecture"
+        ]
+        extra = {"model": {"init_args": {"export_path": str(weights)}}}
+        self.fit("clip_pretrain", STAGE_CONFIGS["clip_pretrain"], shared / "clip_pretrain", 0, extra)
+        return model, str(weights)
+
+    def ldm(self) -> str:
+        """The plan's pretrained LDM directory, or the stand-in (VQ, then UNet) trained on the data."""
+        if self.plan.get("pretrained_ldm"):
+            return self.plan["pretrained_ldm"]
+        export = self.out / "shared" / "ldm"
+        for stage in ("vq", "unet"):
+            extra = {"model": {"init_args": {"stage": stage, "export_dir": str(export)}}}
+            self.fit(
+                f"ldm_{stage}", STAGE_CONFIGS[f"ldm_{stage}"], self.out / "shared" / f"ldm_{stage}", 0, extra
+            )
+        return str(export)
+
+    # --- one method x seed ------------------------------------------------------------------------
+    def method(self, name: str, seed: int, clip: tuple[str, str], ldm: str | None) -> dict:
+        method = METHODS[name]
+        root = self.out / name / f"seed{seed}"
+        seconds = {}
+        encoder = self.fit("stage1", method.stage1_config, root / "stage1", seed, {})
+        identification = None
+        if method.align is not None:
+            extra = {
+                "model": {"init_args": {"encoder_ckpt": str(encoder), **method.align}},
+                "data": {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}},
+            }
+            encoder = self.fit("stage2", STAGE_CONFIGS["stage2"], root / "stage2", seed, extra)
+            identification = self.test_identification(root / "stage2", seed, extra, encoder)
+        recon = None
+        if method.stage3 and ldm is not None:
+            extra = {"model": {"init_args": {"pretrained_ldm": ldm, "encoder_ckpt": str(encoder)}}}
+            checkpoint = self.fit("stage3", STAGE_CONFIGS["stage3"], root / "stage3", seed, extra)
+            recon = self.reconstruct(checkpoint, root / "recon", seed, clip)
+        for stage_dir in sorted(root.glob("*/done-*.json")):
+            seconds[f"{stage_dir.parent.name}/{stage_dir.stem[5:]}"] = json.loads(stage_dir.read_text())[
+                "seconds"
+            ]
+        summary = {
+            "run": self.out.name,
+            "method": name,
+            "label": method.label,
+            "seed": seed,
+            "encoder": method.encoder,
+            "modalities": modalities(method),
+            "data_dir": self.data_dir,
+            "params": None if self.dry_run else parameter_counts(root),
+            "identification": identification,
+            "recon": recon,
+            "seconds": seconds,
+        }
+        if not self.dry_run:
+            (root / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def test_identification(self, stage_dir: Path, seed: int, extra: dict, checkpoint: Path) -> dict | None:
+        """``lightning test`` of the stage-2 checkpoint: n-way top-1 of the fMRI embedding among CLIP's."""
+        config = self.stage_config("stage2", STAGE_CONFIGS["stage2"], stage_dir, seed, extra)
+        config["trainer"]["logger"] = [csv_logger(stage_dir, "test")]
+        args = ["test", "--config", str(stage_dir / "test.yaml"), "--ckpt_path", str(checkpoint)]
+        self.run(stage_dir, config, args, config_name="test.yaml")
+        metrics = stage_dir / "csv" / "test" / "metrics.csv"
+        if self.dry_run or not metrics.is_file():
+            return None
+        values = last_csv_values(metrics)
+        return {k.removeprefix("test/"): v for k, v in values.items() if k.startswith("test/top1_")}
+
+    def reconstruct(self, checkpoint: Path, out: Path, seed: int, clip: tuple[str, str]) -> dict | None:
+        options = self.plan.get("reconstruct") or {}
+        args = ["reconstruct", "--ckpt", str(checkpoint), "--data", self.data_dir, "--out", str(out)]
+        args += ["--seed", str(seed), "--clip-model", clip[0], "--clip-pretrained", clip[1]]
+        for key, value in options.items():
+            flag = "--" + key.replace("_", "-")
+            args += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+        self.run(out, {"reconstruct": args}, args, config_name="command.yaml")
+        metrics = out / "metrics.json"
+        return json.loads(metrics.read_text()) if metrics.is_file() else None
+
+    # --- everything -------------------------------------------------------------------------------
+    def __call__(self, methods: list[str], seeds: list[int]) -> list[dict]:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise PlanError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        if not (Path(self.data_dir) / "manifest.json").is_file() and "://" not in self.data_dir:
+            raise PlanError(
+                f"no dataset at {self.data_dir}: run `lightning-fcae data synth` first (see README)"
+            )
+        needs_stage3 = any(METHODS[m].stage3 for m in methods)
+        self.total_steps = self.count_steps(methods, seeds, needs_stage3)
+        clip = self.clip()
+        ldm = self.ldm() if needs_stage3 else None
+        summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
+        print(f"[pipeline {self.elapsed()}] all stages done", flush=True)
+        return summaries
+
+    def count_steps(self, methods: list[str], seeds: list[int], needs_stage3: bool) -> int:
+        shared = (not self.plan.get("clip_pretrained")) + 2 * (
+            needs_stage3 and not self.plan.get("pretrained_ldm")
+        )
+        per_seed = sum(1 + 2 * (METHODS[m].align is not None) + 2 * METHODS[m].stage3 for m in methods)
+        return shared + per_seed * len(seeds)
+
+
+def parameter_counts(root: Path) -> dict[str, int]:
+    """fMRI side (stage-1 encoder + regressor: the paper's Table 3 count) and, with stage 3, the whole
+    reconstruction model (fMRI encoder, conditioner, UNet, VQ: its Table 2 count)."""
+    import torch
+
+    def count(path: Path, prefixes: tuple[str, ...]) -> int:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+        return sum(v.numel() for k, v in state.items() if k.startswith(prefixes) and v.is_floating_point())
+
+    counts = {"fmri": count(root / "stage1/checkpoints/last.ckpt", ("model.encoder.", "model.regressor."))}
+    stage3 = root / "stage3/checkpoints/last.ckpt"
+    if stage3.is_file():
+        counts["total"] = count(stage3, ("encoder.", "conditioner.", "unet.", "vq."))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lightning-fcae pipeline --plan PLAN --out DIR [--methods ...] [--seeds ...]``."""
+    parser = argparse.ArgumentParser(prog="lightning-fcae pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", type=Path, required=True, help="experiments/demo.yaml or paper.yaml")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (a rerun resumes)")
+    parser.add_argument("--methods", nargs="+", default=["fcae"], help=f"of {', '.join(METHODS)}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--data", default=None, help="dataset directory (default: the plan's data_dir)")
+    parser.add_argument("--configs", type=Path, default=Path("configs"), help="the stage configs' folder")
+    parser.add_argument("--dry-run", action="store_true", help="write the configs, print the commands")
+    parser.add_argument("--no-report", dest="report", action="store_false")
+    args = parser.parse_args(argv)
+    try:
+        plan = load_yaml(args.plan)
+        if args.data:
+            plan["data_dir"] = args.data
+        if "data_dir" not in plan:
+            raise PlanError(f"{args.plan}: no data_dir (or pass --data)")
+        Pipeline(plan, args.out, args.configs, args.dry_run)(args.methods, args.seeds)
+    except (PlanError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.report and not args.dry_run:
+        from .report import write_report
+
+        print(f"wrote {write_report(args.out)}")
+    return 0

@@ -1,0 +1,218 @@
+"""``lightning-fcae report``: the tables, plots and HTML page of a hand-made pipeline run folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from PIL import Image
+
+from lightning_fcae.cli import main
+from lightning_fcae.report import _training_losses, load_summaries, plot_curves, table2, table3, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# method -> per seed: (mse, pixcorr, ssim, clip_score, pairwise_mse, top1_50way or None)
+SCORES = {
+    "fcae": [(0.1, 0.2, 0.3, 0.6, 0.7, 0.08), (0.3, 0.4, 0.5, 0.8, 0.9, 0.12)],
+    "mindvis": [(0.5, 0.1, 0.2, 0.5, 0.6, None), (0.7, 0.3, 0.2, 0.7, 0.8, None)],
+}
+LABELS = {"fcae": "fCAE (ours)", "mindvis": "MinD-Vis <repro>"}
+METRICS_CSV = """epoch,step,train/loss,val/loss,train/cos,lr-AdamW
+,0,,,,0.001
+0,0,2.0,,0.1,
+0,4,1.0,,0.2,
+0,4,,1.5,,
+1,9,0.5,,0.3,
+1,9,,0.8,,
+"""
+
+
+def _recon(mse, pixcorr, ssim, clip, pairwise_mse) -> dict:
+    raw = {"mse": mse, "pixcorr": pixcorr, "ssim": ssim, "clip_score": clip, "clip_2way": 0.9}
+    pairwise = {"pairwise_mse": pairwise_mse, "pairwise_pcc": 0.6, "pairwise_ssim": 0.55}
+    # two subjects whose mean is the value above
+    per = {s: {k: v + d for k, v in raw.items()} for s, d in (("subj01", -0.01), ("subj02", 0.01))}
+    return {
+        "raw": {"mean": raw, "per_subject": per},
+        "pairwise": {"mean": pairwise, "per_subject": {"subj01": pairwise, "subj02": pairwise}},
+        "perceptual": {"mean": {}, "per_subject": {}, "skipped": {"alexnet": "no weights on disk"}},
+        "meta": {
+            "data_dir": "data/synth-tiny",
+            "split": "test",
+            "images": 96,
+            "subjects": {"subj01": 48, "subj02": 48},
+        },
+    }
+
+
+def _stage(stage_dir: Path) -> None:
+    logs = stage_dir / "lightning_logs" / "version_0"
+    logs.mkdir(parents=True)
+    (logs / "metrics.csv").write_text(METRICS_CSV)
+    (stage_dir / "config.yaml").write_text("seed_everything: 0\n")
+
+
+def _fake_run(root: Path) -> Path:
+    """Two methods x two seeds as the driver writes them, plus one shared stand-in."""
+    run = root / "results" / "demo"
+    for method, seeds in SCORES.items():
+        for seed, (mse, pixcorr, ssim, clip, pw, top1) in enumerate(seeds):
+            seed_dir = run / method / f"seed{seed}"
+            for stage in ("stage1", "stage2", "stage3"):
+                _stage(seed_dir / stage)
+            (seed_dir / "recon").mkdir()
+            Image.new("RGB", (8, 4), (200, 30, 30)).save(seed_dir / "recon" / "grid.png")
+            recon = _recon(mse, pixcorr, ssim, clip, pw)
+            (seed_dir / "recon" / "metrics.json").write_text(json.dumps(recon))
+            summary = {
+                "run": "demo",
+                "method": method,
+                "label": LABELS[method],
+                "seed": seed,
+                "params": {"fmri": 1_234_567, "total": 23_456_789},
+                "modalities": "F+I+T" if method == "fcae" else "F",
+                "encoder": "fCAE" if method == "fcae" else "MAE",
+                "identification": {"top1_2way": 0.6, "top1_50way": top1} if top1 else None,
+                "recon": recon,
+                "seconds": {"stage1": 12.5, "stage2": 3.0, "stage3": 30.0},
+            }
+            (seed_dir / "summary.json").write_text(json.dumps(summary))
+    _stage(run / "shared" / "ldm_vq")
+    return run
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [value for name, value in attrs if name in ("src", "href")]
+
+
+def test_table2_mean_std_and_published_rows(tmp_path):
+    summaries = load_summaries(_fake_run(tmp_path))
+    assert [(s["method"], s["seed"]) for s in summaries] == [
+        ("fcae", 0),
+        ("fcae", 1),
+        ("mindvis", 0),
+        ("mindvis", 1),
+    ]
+    markdown, text = table2(summaries)
+
+    fcae = next(line for line in markdown.splitlines() if line.startswith("| fCAE (ours)"))
+    # mse 0.1, 0.3 -> 0.2 ± 0.1414; pixcorr 0.2, 0.4; ssim 0.3, 0.5; clip 0.6, 0.8
+    assert (
+        fcae == "| fCAE (ours) | 23.5M | 0.200 ± 0.141 | 0.300 ± 0.141 | 0.400 ± 0.141 | 0.700 ± 0.141 | 2 |"
+    )
+    mindvis = next(line for line in markdown.splitlines() if line.startswith("| MinD-Vis <repro>"))
+    assert "0.600 ± 0.141" in mindvis and "0.200 ± 0.000" in mindvis  # mse 0.5, 0.7; ssim 0.2, 0.2
+    published = "[published (NSD, paper Table 2)]"
+    assert f"| Mind-vis {published} | 303M | 0.513 | 0.214 | 0.260 | 0.550 |" in markdown
+    assert f"| Vis-dec {published} | 317M | 0.486 | 0.202 | 0.251 | 0.630 |" in markdown
+    assert "277M | 0.485 | 0.235 | 0.302 | 0.720 |" in markdown
+    assert "data/synth-tiny (split test, 96 images; subj01, subj02)" in markdown
+    # the pair-wise table: pairwise_mse 0.7, 0.9
+    assert "| fCAE (ours) | 0.800 ± 0.141 | 0.600 ± 0.000 | 0.550 ± 0.000 | 2 |" in markdown
+
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["source"] for r in rows] == ["ours", "ours", *["published (NSD, paper Table 2)"] * 3]
+    assert float(rows[0]["raw_mse_mean"]) == pytest.approx(0.2)
+    assert float(rows[0]["raw_mse_std"]) == pytest.approx(0.1414214, abs=1e-6)
+    assert float(rows[0]["pairwise_mse_mean"]) == pytest.approx(0.8)
+    assert float(rows[0]["params_total_M"]) == pytest.approx(23.456789)
+    assert rows[2]["label"] == "Mind-vis" and float(rows[2]["raw_clip_score_mean"]) == 0.55
+
+
+def test_one_seed_shows_the_mean_alone(tmp_path):
+    summaries = [s for s in load_summaries(_fake_run(tmp_path)) if s["seed"] == 0]
+    markdown, _ = table2(summaries)
+    assert "| fCAE (ours) | 23.5M | 0.100 | 0.200 | 0.300 | 0.600 | 1 |" in markdown
+
+
+def test_table3_ablation_rows(tmp_path):
+    summaries = load_summaries(_fake_run(tmp_path))
+    markdown, text = table3(summaries)
+    # only fcae has identification: 50-way 0.08, 0.12 -> 10.0 ± 2.8 %
+    assert "| fCAE (ours) | fCAE | F+I+T | 1.23M | 10.0 ± 2.8% | 60.0 ± 0.0% | – | 2 |" in markdown
+    assert LABELS["mindvis"] not in markdown
+    assert "| full [published (NSD, paper Table 3)] | fCAE | F+I+T | 102M | – | – | 26.3% | – |" in markdown
+    assert "| ablation 5 [published (NSD, paper Table 3)] | MAE | F | 86M |" in markdown
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert float(rows[0]["top1_50way_mean"]) == pytest.approx(0.1)
+    assert [r["published_top1_percent"] for r in rows[1:]] == ["26.3", "17.5", "23.4", "20.1", "19.8", "16.4"]
+
+
+def test_plot_curves(tmp_path):
+    run = _fake_run(tmp_path)
+    out = tmp_path / "plots" / "stage1.png"
+    assert plot_curves(run / "fcae" / "seed0" / "stage1", out)
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    # a `lightning test` run beside the fit logs newer metrics without a training curve: the fit is plotted
+    test_csv = run / "fcae" / "seed0" / "stage2" / "csv" / "test" / "metrics.csv"
+    test_csv.parent.mkdir(parents=True)
+    test_csv.write_text("epoch,step,test/loss,test/top1_50way\n0,0,0.3,0.1\n")
+    assert sorted(_training_losses(test_csv.parents[2])) == ["train/loss", "val/loss"]
+    assert not plot_curves(test_csv.parents[1], tmp_path / "test_only.png")
+    # no metrics.csv: no plot, no file
+    assert not plot_curves(run / "fcae" / "seed0" / "recon", tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_report_references_existing_files_only(tmp_path):
+    run = _fake_run(tmp_path)
+    report = write_report(run)
+    assert report == run / "report.html"
+    page = report.read_text()
+    parser = _Refs()
+    parser.feed(page)
+    assert parser.refs, "the report links nothing"
+    missing = [ref for ref in parser.refs if not (run / unquote(ref)).is_file()]
+    assert not missing
+    assert not any("://" in ref for ref in parser.refs)  # self-contained: no external CSS/JS/images
+    refs = set(parser.refs)
+    assert "fcae/seed1/recon/grid.png" in refs and "plots/shared_ldm_vq.png" in refs
+    assert {f"plots/{m}_seed{s}_stage{k}.png" for m in SCORES for s in (0, 1) for k in (1, 2, 3)} <= refs
+    assert "MinD-Vis &lt;repro&gt;" in page and "<repro>" not in page  # escaped
+    assert "no weights on disk" in page  # skipped metrics are said, not hidden
+    for name in ("table2.md", "table2.csv", "table3.md", "table3.csv"):
+        assert (run / name).stat().st_size > 0
+
+
+def test_no_table3_without_identification(tmp_path):
+    run = _fake_run(tmp_path)
+    for path in run.glob("fcae/seed*/summary.json"):
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"identification": None}))
+    write_report(run)
+    assert (run / "table2.md").is_file() and not (run / "table3.md").exists()
+    assert "Table 3" not in (run / "report.html").read_text()
+
+
+def test_missing_run_or_summaries_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_summaries(tmp_path / "nowhere")
+    (tmp_path / "empty" / "fcae" / "seed0").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="summary.json"):
+        write_report(tmp_path / "empty")
+
+
+def _run(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def test_cli(tmp_path, capsys):
+    run = _fake_run(tmp_path)
+    assert _run(["report", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {run / 'report.html'}" in printed and str(run / "table3.md") in printed
+    assert (run / "report.html").is_file() and (run / "table2.csv").is_file()
+
+    assert _run(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
