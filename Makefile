@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-PROFILE ?= small
-DATA ?= data/synthetic-$(PROFILE)
+# PROFILE picks the experiment plan experiments/$(PROFILE).yaml (demo: synthetic, 2 CPU cores; paper: NSD)
+PROFILE ?= demo
+DATA ?= $(if $(filter paper,$(PROFILE)),data/nsd,data/synthetic-small)
+SEEDS ?= 0 1 2
+PIPELINE = $(BIN)/lightning-fcae pipeline --plan experiments/$(PROFILE).yaml --data $(DATA)
 # torch/torchvision are pinned to the builds that lie on the project's machines (no multi-GB download)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo data data-check test lint format bench clean
+.PHONY: install demo reproduce-table2 reproduce-table3 data data-check test lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -21,22 +24,28 @@ $(VENV)/.installed: pyproject.toml
 
 data: install $(DATA)/manifest.json
 
-$(DATA)/manifest.json:
-	$(BIN)/lightning-fcae data synth --profile $(PROFILE) --out $(DATA)
+# the embedded benchmark, generated on demand (tiny / small / paper profiles)
+data/synthetic-%/manifest.json:
+	$(BIN)/lightning-fcae data synth --profile $* --out data/synthetic-$*
+
+data/nsd/manifest.json:
+	@echo "NSD is not generated: convert your NSD download with 'lightning-fcae data nsd' (docs/data.md)"; exit 1
 
 data-check: data
 	$(BIN)/lightning-fcae data check $(DATA)
 
-# The main job on the embedded synthetic default (see README): benchmark, its sanity check, one
-# epoch streamed through the DataModule, then a short stage-1 fCAE pretraining and its evaluation.
-DEMO_STAGE1 := --config configs/stage1_fcae.yaml --config configs/profiles/demo.yaml --data.data_dir $(DATA)
-
+# The main job on the embedded synthetic default (see README): CLIP and LDM stand-ins, stage 1 -> 2 -> 3,
+# reconstruction of the test set, results/demo/report.html. About a quarter of an hour on 2 CPU cores.
 demo: data
-	$(BIN)/lightning-fcae data inspect $(DATA)
-	$(BIN)/lightning-fcae data check $(DATA)
-	$(PY) benchmarks/data_throughput.py --data $(DATA) --epochs 1 --workers 2
-	$(BIN)/lightning fit $(DEMO_STAGE1)
-	$(BIN)/lightning validate $(DEMO_STAGE1) --ckpt_path checkpoints/stage1_fcae/last.ckpt
+	$(PIPELINE) --methods fcae --seeds 0 --out results/demo
+
+# The paper's Table 2 (fCAE vs MinD-Vis vs vis-dec) and Table 3 (ablations), mean +- std over SEEDS. Both
+# write to one folder, so the runs the tables share (fCAE F+I+T, MinD-Vis = MAE F, the stand-ins) run once.
+reproduce-table2: data
+	$(PIPELINE) --methods fcae mindvis visdec --seeds $(SEEDS) --out results/tables-$(PROFILE)
+
+reproduce-table3: data
+	$(PIPELINE) --methods fcae fcae_F fcae_FI fcae_FT mindvis mae_FI --seeds $(SEEDS) --out results/tables-$(PROFILE)
 
 test: install
 	$(PY) -m pytest -q

@@ -5,7 +5,7 @@ seed, the chain the method needs and writes one folder per stage::
 
     OUT/shared/clip_pretrain, ldm_vq, ldm_unet   stand-ins for pretrained CLIP / LDM (trained once per
                                                  run, only where the plan names no real weights)
-    OUT/<method>/seed<k>/stage1, stage2, stage3  LightningCLI runs
+    OUT/<method>/seed<k>/stage1, stage2, stage3  LightningCLI runs (vis-dec: + stage1_image)
     OUT/<method>/seed<k>/recon                   ``lightning-fcae reconstruct`` output
     OUT/<method>/seed<k>/summary.json            what report.py tabulates
     OUT/report.html, table2.md, table3.md        :mod:`lightning_fcae.report`
@@ -37,29 +37,39 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Method:
-    """A row of Table 2 or 3: which stage-1 pretraining, which stage-2 losses (None: no stage 2)."""
+    """A row of Table 2 and/or 3: which stage-1 pretraining, which stage-2 losses (None: no stage 2)."""
 
     label: str
     stage1_config: str  # file name under the configs folder
     encoder: str
     align: dict | None  # FCAEAlign init args (use_image / use_text); None skips stage 2
-    stage3: bool = True  # fine-tune the LDM and reconstruct
+    image_phase: str | None = None  # a second stage-1 run on cached CLIP image tokens (vis-dec)
+    tables: tuple[str, ...] = ("table2", "table3")
 
 
 FULL = {"use_image": True, "use_text": True}
+# Table 3's top-1 is n-way identification of the reconstructions (its F rows have no stage 2, so a score
+# on the reconstructions is the one every row has): every method runs stage 3. Table 3's full fCAE row
+# is `fcae` and its MAE-F row is `mindvis`: the same chains, run once when both tables share a folder.
 METHODS: dict[str, Method] = {
-    # Table 2
-    "fcae": Method("fCAE (ours)", "stage1_fcae.yaml", "fCAE", FULL),
-    "mindvis": Method("MinD-Vis (MAE)", "stage1_mae.yaml", "MAE", None),
-    "visdec": Method("vis-dec (DC-MAE)", "stage1_dcmae.yaml", "DC-MAE", None),
-    # Table 3: top-1 is n-way identification of the reconstructions, so every row runs stage 3 too
-    "fcae_F": Method("fCAE, F", "stage1_fcae.yaml", "fCAE", None),
-    "fcae_FI": Method("fCAE, F+I", "stage1_fcae.yaml", "fCAE", {"use_image": True, "use_text": False}),
-    "fcae_FT": Method("fCAE, F+T", "stage1_fcae.yaml", "fCAE", {"use_image": False, "use_text": True}),
-    "fcae_FIT": Method("fCAE, F+I+T", "stage1_fcae.yaml", "fCAE", FULL),
-    "mae_F": Method("MAE, F", "stage1_mae.yaml", "MAE", None),
-    "mae_FI": Method("MAE, F+I", "stage1_mae.yaml", "MAE", {"use_image": True, "use_text": False}),
+    "fcae": Method("fCAE (ours), F+I+T", "stage1_fcae.yaml", "fCAE", FULL),
+    "mindvis": Method("MinD-Vis (MAE), F", "stage1_mae.yaml", "MAE", None),
+    "visdec": Method(
+        "vis-dec (DC-MAE)", "stage1_dcmae.yaml", "DC-MAE", None, "stage1_dcmae_image.yaml", ("table2",)
+    ),
+    "fcae_F": Method("fCAE, F", "stage1_fcae.yaml", "fCAE", None, tables=("table3",)),
+    "fcae_FI": Method(
+        "fCAE, F+I", "stage1_fcae.yaml", "fCAE", {"use_image": True, "use_text": False}, tables=("table3",)
+    ),
+    "fcae_FT": Method(
+        "fCAE, F+T", "stage1_fcae.yaml", "fCAE", {"use_image": False, "use_text": True}, tables=("table3",)
+    ),
+    "mae_FI": Method(
+        "MAE, F+I", "stage1_mae.yaml", "MAE", {"use_image": True, "use_text": False}, tables=("table3",)
+    ),
 }
+TABLE2_METHODS = ("fcae", "mindvis", "visdec")
+TABLE3_METHODS = ("fcae", "fcae_F", "fcae_FI", "fcae_FT", "mindvis", "mae_FI")
 STAGE_CONFIGS = {
     "clip_pretrain": "clip_pretrain.yaml",
     "ldm_vq": "ldm_pretrain.yaml",
@@ -134,11 +144,10 @@ class Pipeline:
         self.plan, self.out, self.configs, self.dry_run = plan, out, configs, dry_run
         self.data_dir = str(plan["data_dir"])
         self.overrides = plan.get("stages") or {}
-        unknown = set(self.overrides) - {*STAGE_CONFIGS, "stage1"}
+        unknown = set(self.overrides) - {*STAGE_CONFIGS, "stage1", "stage1_image"}
         if unknown:
-            raise PlanError(
-                f"plan: unknown stages {sorted(unknown)}; known: stage1, {', '.join(STAGE_CONFIGS)}"
-            )
+            known = ", ".join(["stage1", "stage1_image", *STAGE_CONFIGS])
+            raise PlanError(f"plan: unknown stages {sorted(unknown)}; known: {known}")
         self.started = time.monotonic()
         self.step, self.total_steps = 0, 0
 
@@ -210,24 +219,23 @@ class Pipeline:
         return str(export)
 
     # --- one method x seed ------------------------------------------------------------------------
-    def method(self, name: str, seed: int, clip: tuple[str, str], ldm: str | None) -> dict:
+    def method(self, name: str, seed: int, clip: tuple[str, str], ldm: str) -> dict:
         method = METHODS[name]
         root = self.out / name / f"seed{seed}"
         seconds = {}
         encoder = self.fit("stage1", method.stage1_config, root / "stage1", seed, {})
+        clip_data = {"data": {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}}
+        if method.image_phase is not None:
+            extra = {"model": {"init_args": {"init_ckpt": str(encoder)}}, **clip_data}
+            encoder = self.fit("stage1_image", method.image_phase, root / "stage1_image", seed, extra)
         identification = None
         if method.align is not None:
-            extra = {
-                "model": {"init_args": {"encoder_ckpt": str(encoder), **method.align}},
-                "data": {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}},
-            }
+            extra = {"model": {"init_args": {"encoder_ckpt": str(encoder), **method.align}}, **clip_data}
             encoder = self.fit("stage2", STAGE_CONFIGS["stage2"], root / "stage2", seed, extra)
             identification = self.test_identification(root / "stage2", seed, extra, encoder)
-        recon = None
-        if method.stage3 and ldm is not None:
-            extra = {"model": {"init_args": {"pretrained_ldm": ldm, "encoder_ckpt": str(encoder)}}}
-            checkpoint = self.fit("stage3", STAGE_CONFIGS["stage3"], root / "stage3", seed, extra)
-            recon = self.reconstruct(checkpoint, root / "recon", seed, clip)
+        extra = {"model": {"init_args": {"pretrained_ldm": ldm, "encoder_ckpt": str(encoder)}}}
+        checkpoint = self.fit("stage3", STAGE_CONFIGS["stage3"], root / "stage3", seed, extra)
+        recon = self.reconstruct(checkpoint, root / "recon", seed, clip)
         for stage_dir in sorted(root.glob("*/done-*.json")):
             seconds[f"{stage_dir.parent.name}/{stage_dir.stem[5:]}"] = json.loads(stage_dir.read_text())[
                 "seconds"
@@ -239,6 +247,7 @@ class Pipeline:
             "seed": seed,
             "encoder": method.encoder,
             "modalities": modalities(method),
+            "tables": list(method.tables),
             "data_dir": self.data_dir,
             "params": None if self.dry_run else parameter_counts(root),
             "identification": identification,
@@ -281,19 +290,18 @@ class Pipeline:
             raise PlanError(
                 f"no dataset at {self.data_dir}: run `lightning-fcae data synth` first (see README)"
             )
-        needs_stage3 = any(METHODS[m].stage3 for m in methods)
-        self.total_steps = self.count_steps(methods, seeds, needs_stage3)
+        self.total_steps = self.count_steps(methods, seeds)
         clip = self.clip()
-        ldm = self.ldm() if needs_stage3 else None
+        ldm = self.ldm()
         summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
         print(f"[pipeline {self.elapsed()}] all stages done", flush=True)
         return summaries
 
-    def count_steps(self, methods: list[str], seeds: list[int], needs_stage3: bool) -> int:
-        shared = (not self.plan.get("clip_pretrained")) + 2 * (
-            needs_stage3 and not self.plan.get("pretrained_ldm")
+    def count_steps(self, methods: list[str], seeds: list[int]) -> int:
+        shared = (not self.plan.get("clip_pretrained")) + 2 * (not self.plan.get("pretrained_ldm"))
+        per_seed = sum(
+            3 + (METHODS[m].image_phase is not None) + 2 * (METHODS[m].align is not None) for m in methods
         )
-        per_seed = sum(1 + 2 * (METHODS[m].align is not None) + 2 * METHODS[m].stage3 for m in methods)
         return shared + per_seed * len(seeds)
 
 

@@ -155,12 +155,12 @@ def _stats(values: list[float]) -> tuple[str, str]:
     return mean, std
 
 
-def _by_method(summaries: list[dict], key: str) -> dict[str, list[dict]]:
-    """Summaries grouped by method, keeping only those where ``key`` is set (recon for Table 2,
-    identification for Table 3)."""
+def _by_method(summaries: list[dict], key: str, table: str) -> dict[str, list[dict]]:
+    """Summaries of the methods that belong in ``table`` (their ``tables``; Table 2 when unsaid),
+    grouped by method, keeping only those where ``key`` is set."""
     groups: dict[str, list[dict]] = {}
     for summary in summaries:
-        if summary.get(key):
+        if summary.get(key) and table in summary.get("tables", ["table2"]):
             groups.setdefault(summary["method"], []).append(summary)
     return groups
 
@@ -209,7 +209,7 @@ def _data_note(summaries: list[dict]) -> str:
 
 def _table2_parts(summaries: list[dict]) -> tuple[list[Table], list[list[str]]]:
     """Table 2 (raw convention, with the published rows), the pairwise table, and the CSV rows."""
-    groups = _by_method(summaries, "recon")
+    groups = _by_method(summaries, "recon", "table2")
     raw = Table(
         "Table 2: reconstruction (raw convention: MindEye / the paper)",
         ["Model", "Params", *(name for _, name in TABLE2_RAW), "n seeds"],
@@ -253,41 +253,49 @@ def _table2_parts(summaries: list[dict]) -> tuple[list[Table], list[list[str]]]:
 
 
 def _table3_parts(summaries: list[dict]) -> tuple[list[Table], list[list[str]]]:
-    """Table 3 (ablations by stage-2 n-way top-1, with the published rows) and the CSV rows."""
+    """Table 3 (ablations) and the CSV rows. The primary top-1 is n-way identification of the
+    *reconstructions* by their CLIP embeddings: the paper's F rows have no stage 2, so only a score on
+    the reconstructions exists for every row. Stage-2 identification (the fMRI embedding among CLIP
+    image embeddings) is shown beside it where the row has a stage 2."""
     table = Table(
-        "Table 3: ablations, stage-2 identification (test, mean over subjects)",
+        "Table 3: ablations, n-way top-1 of the reconstructions' CLIP embeddings (test, mean over subjects)",
         ["Model", "fMRI encoder", "Modalities", "Params (fMRI)", "top-1 50-way", "top-1 2-way"]
-        + ["top-1 published", "n seeds"],
+        + ["stage-2 top-1 50-way", "top-1 published", "n seeds"],
     )
     header = ["source", "method", "label", "encoder", "modalities", "n_seeds", "params_fmri_M"]
-    header += [f"{k}_{s}" for k in TOP1 for s in ("mean", "std")] + ["published_top1_percent"]
+    header += [f"recon_clip_{n}way_{s}" for n in (50, 2) for s in ("mean", "std")]
+    header += [f"stage2_{k}_{s}" for k in TOP1 for s in ("mean", "std")] + ["published_top1_percent"]
     rows = [header]
-    for method, group in _by_method(summaries, "identification").items():
+    percent = dict(digits=1, scale=100, unit="%")
+    for method, group in _by_method(summaries, "recon", "table3").items():
         first = group[0]
         label, encoder, modalities = first.get("label", method), first.get("encoder"), first.get("modalities")
-        tops = [_cell(group, "identification", k, digits=1, scale=100, unit="%") for k in TOP1]
+        recon = [_cell(group, "recon", "raw", "mean", f"clip_{n}way", **percent) for n in (50, 2)]
+        stage2 = _cell(group, "identification", "top1_50way", **percent)
         table.rows.append(
-            [
-                label,
-                encoder or DASH,
-                modalities or DASH,
-                _millions(group, "fmri"),
-                *tops,
-                DASH,
-                str(len(group)),
-            ]
+            [label, encoder or DASH, modalities or DASH, _millions(group, "fmri"), *recon, stage2, DASH]
+            + [str(len(group))]
         )
         params = _values(group, "params", "fmri")
         row = ["ours", method, label, encoder or "", modalities or "", str(len(group))]
         row += [repr(params[0] / 1e6) if params else ""]
+        row += [x for n in (50, 2) for x in _stats(_values(group, "recon", "raw", "mean", f"clip_{n}way"))]
         rows.append(row + [x for k in TOP1 for x in _stats(_values(group, "identification", k))] + [""])
     for label, encoder, params, modalities, top1 in PAPER_TABLE3:
         table.rows.append(
-            [f"{label} [{PUBLISHED_T3}]", encoder, modalities, f"{params}M", DASH, DASH, f"{top1}%", DASH]
+            [
+                f"{label} [{PUBLISHED_T3}]",
+                encoder,
+                modalities,
+                f"{params}M",
+                DASH,
+                DASH,
+                DASH,
+                f"{top1}%",
+                DASH,
+            ]
         )
-        rows.append(
-            [PUBLISHED_T3, "", label, encoder, modalities, "", str(params), "", "", "", "", str(top1)]
-        )
+        rows.append([PUBLISHED_T3, "", label, encoder, modalities, "", str(params)] + [""] * 8 + [str(top1)])
     table.notes = [
         f"Ours: mean ± std over seeds (ddof=1) on {_data_note(summaries)}; params = fMRI encoder + "
         "latent regressor (fCAE) or the encoder alone (MAE), as in the paper.",
@@ -331,12 +339,11 @@ def table3(summaries: list[dict]) -> tuple[str, str]:
 
 
 def _table_parts(summaries: list[dict]) -> dict[str, tuple[list[Table], list[list[str]]]]:
-    """The tables this run has data for: Table 2 always, Table 3 when some run scored stage-2
-    identification (a Table-2-only run has none, and an empty Table 3 would only repeat the paper)."""
-    parts = {"table2": _table2_parts(summaries)}
-    if any(s.get("identification") for s in summaries):
-        parts["table3"] = _table3_parts(summaries)
-    return parts
+    """The tables this run has rows for: a summary's ``tables`` says which its method belongs in
+    (``lightning-fcae pipeline`` writes it; Table 2 when unsaid)."""
+    builders = {"table2": _table2_parts, "table3": _table3_parts}
+    wanted = {t for s in summaries for t in s.get("tables", ["table2"])}
+    return {name: build(summaries) for name, build in builders.items() if name in wanted}
 
 
 def _e(text: object) -> str:
@@ -444,7 +451,7 @@ def _meta_html(run_dir: Path, summaries: list[dict]) -> str:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.html``, ``plots/``, ``table2.{md,csv}`` and (when any run has stage-2 identification)
+    """Write ``report.html``, ``plots/``, ``table2.{md,csv}`` and (when some method belongs in Table 3)
     ``table3.{md,csv}`` into ``run_dir``; return the report's path."""
     run_dir = Path(run_dir)
     summaries = load_summaries(run_dir)

@@ -34,6 +34,7 @@ METRICS_CSV = """epoch,step,train/loss,val/loss,train/cos,lr-AdamW
 
 def _recon(mse, pixcorr, ssim, clip, pairwise_mse) -> dict:
     raw = {"mse": mse, "pixcorr": pixcorr, "ssim": ssim, "clip_score": clip, "clip_2way": 0.9}
+    raw["clip_50way"] = pixcorr  # any known value: Table 3 reads it
     pairwise = {"pairwise_mse": pairwise_mse, "pairwise_pcc": 0.6, "pairwise_ssim": 0.55}
     # two subjects whose mean is the value above
     per = {s: {k: v + d for k, v in raw.items()} for s, d in (("subj01", -0.01), ("subj02", 0.01))}
@@ -57,12 +58,13 @@ def _stage(stage_dir: Path) -> None:
     (stage_dir / "config.yaml").write_text("seed_everything: 0\n")
 
 
-def _fake_run(root: Path) -> Path:
-    """Two methods x two seeds as the driver writes them, plus one shared stand-in."""
+def _fake_run(root: Path, names: dict[str, str] | None = None) -> Path:
+    """Two methods x two seeds as the driver writes them, plus one shared stand-in. ``names`` renames
+    the method folders (ablation runs name them ``<encoder>_<modalities>``)."""
     run = root / "results" / "demo"
     for method, seeds in SCORES.items():
         for seed, (mse, pixcorr, ssim, clip, pw, top1) in enumerate(seeds):
-            seed_dir = run / method / f"seed{seed}"
+            seed_dir = run / (names or {}).get(method, method) / f"seed{seed}"
             for stage in ("stage1", "stage2", "stage3"):
                 _stage(seed_dir / stage)
             (seed_dir / "recon").mkdir()
@@ -71,7 +73,8 @@ def _fake_run(root: Path) -> Path:
             (seed_dir / "recon" / "metrics.json").write_text(json.dumps(recon))
             summary = {
                 "run": "demo",
-                "method": method,
+                "method": (names or {}).get(method, method),
+                "tables": ["table2", "table3"] if names else ["table2"],
                 "label": LABELS[method],
                 "seed": seed,
                 "params": {"fmri": 1_234_567, "total": 23_456_789},
@@ -136,16 +139,23 @@ def test_one_seed_shows_the_mean_alone(tmp_path):
 
 
 def test_table3_ablation_rows(tmp_path):
-    summaries = load_summaries(_fake_run(tmp_path))
+    summaries = load_summaries(_fake_run(tmp_path, names={"fcae": "fcae", "mindvis": "mindvis"}))
     markdown, text = table3(summaries)
-    # only fcae has identification: 50-way 0.08, 0.12 -> 10.0 ± 2.8 %
-    assert "| fCAE (ours) | fCAE | F+I+T | 1.23M | 10.0 ± 2.8% | 60.0 ± 0.0% | – | 2 |" in markdown
-    assert LABELS["mindvis"] not in markdown
-    assert "| full [published (NSD, paper Table 3)] | fCAE | F+I+T | 102M | – | – | 26.3% | – |" in markdown
+    # reconstructions' CLIP 50-way 0.2, 0.4 -> 30.0 ± 14.1 %; stage 2 (fcae only) 0.08, 0.12 -> 10.0 ± 2.8 %
+    assert (
+        "| fCAE (ours) | fCAE | F+I+T | 1.23M | 30.0 ± 14.1% | 90.0 ± 0.0% | 10.0 ± 2.8% | – | 2 |"
+        in markdown
+    )
+    assert "| MinD-Vis <repro> | MAE | F | 1.23M | 20.0 ± 14.1% | 90.0 ± 0.0% | – | – | 2 |" in markdown
+    assert (
+        "| full [published (NSD, paper Table 3)] | fCAE | F+I+T | 102M | – | – | – | 26.3% | – |" in markdown
+    )
     assert "| ablation 5 [published (NSD, paper Table 3)] | MAE | F | 86M |" in markdown
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert float(rows[0]["top1_50way_mean"]) == pytest.approx(0.1)
-    assert [r["published_top1_percent"] for r in rows[1:]] == ["26.3", "17.5", "23.4", "20.1", "19.8", "16.4"]
+    assert float(rows[0]["recon_clip_50way_mean"]) == pytest.approx(0.3)
+    assert float(rows[0]["stage2_top1_50way_mean"]) == pytest.approx(0.1)
+    assert rows[1]["stage2_top1_50way_mean"] == ""
+    assert [r["published_top1_percent"] for r in rows[2:]] == ["26.3", "17.5", "23.4", "20.1", "19.8", "16.4"]
 
 
 def test_plot_curves(tmp_path):
@@ -180,17 +190,18 @@ def test_report_references_existing_files_only(tmp_path):
     assert {f"plots/{m}_seed{s}_stage{k}.png" for m in SCORES for s in (0, 1) for k in (1, 2, 3)} <= refs
     assert "MinD-Vis &lt;repro&gt;" in page and "<repro>" not in page  # escaped
     assert "no weights on disk" in page  # skipped metrics are said, not hidden
-    for name in ("table2.md", "table2.csv", "table3.md", "table3.csv"):
+    for name in ("table2.md", "table2.csv"):
         assert (run / name).stat().st_size > 0
 
 
-def test_no_table3_without_identification(tmp_path):
-    run = _fake_run(tmp_path)
-    for path in run.glob("fcae/seed*/summary.json"):
-        path.write_text(json.dumps(json.loads(path.read_text()) | {"identification": None}))
+def test_table3_only_for_ablation_runs(tmp_path):
+    run = _fake_run(tmp_path)  # a Table-2 run: its summaries name no other table
     write_report(run)
     assert (run / "table2.md").is_file() and not (run / "table3.md").exists()
     assert "Table 3" not in (run / "report.html").read_text()
+    ablations = _fake_run(tmp_path / "t3", names={"fcae": "fcae_FIT", "mindvis": "mae_F"})
+    write_report(ablations)
+    assert "| fCAE (ours) | fCAE | F+I+T |" in (ablations / "table3.md").read_text()
 
 
 def test_missing_run_or_summaries_is_a_clear_error(tmp_path):
@@ -211,7 +222,7 @@ def test_cli(tmp_path, capsys):
     run = _fake_run(tmp_path)
     assert _run(["report", str(run)]) == 0
     printed = capsys.readouterr().out
-    assert f"wrote {run / 'report.html'}" in printed and str(run / "table3.md") in printed
+    assert f"wrote {run / 'report.html'}" in printed and str(run / "table2.md") in printed
     assert (run / "report.html").is_file() and (run / "table2.csv").is_file()
 
     assert _run(["report", str(tmp_path / "nowhere")]) == 2

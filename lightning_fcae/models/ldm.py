@@ -48,7 +48,7 @@ LDM_SCHEDULER = dict(
 # Named LDM shapes. GroupNorm uses 32 groups everywhere, as CompVis does, so that every shape here is
 # also expressible as a CompVis config. diffusers reads ``attention_head_dim`` as the number of heads for
 # this model (its historical naming), which matches CompVis ``num_heads``.
-LDMConfigName = Literal["tiny", "small", "cin256-f4"]
+LDMConfigName = Literal["tiny", "demo", "small", "cin256-f4"]
 LDM_CONFIGS: dict[str, dict[str, dict]] = {
     # unit tests: 16 px images -> 4x4x3 latents
     "tiny": {
@@ -77,6 +77,22 @@ LDM_CONFIGS: dict[str, dict[str, dict]] = {
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             attention_head_dim=4,
             cross_attention_dim=256,
+        ),
+        "scheduler": LDM_SCHEDULER,
+    },
+    # the 15-minute CPU pipeline (make demo): 32 px images -> 8x8x3 latents, a quarter of small's cost
+    "demo": {
+        "vq": dict(
+            block_out_channels=(32, 64, 64), layers_per_block=1, num_vq_embeddings=256, sample_size=32
+        ),
+        "unet": dict(
+            sample_size=8,
+            block_out_channels=(64, 128),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=4,
+            cross_attention_dim=128,
         ),
         "scheduler": LDM_SCHEDULER,
     },
@@ -112,7 +128,7 @@ class LDM:
 
 
 def ldm_config(name: str) -> dict[str, dict]:
-    """A fresh copy of a named LDM shape (``tiny``, ``small``, ``cin256-f4``)."""
+    """A fresh copy of a named LDM shape (``tiny``, ``demo``, ``small``, ``cin256-f4``)."""
     if name not in LDM_CONFIGS:
         raise ValueError(f"unknown LDM config {name!r}; choose one of {sorted(LDM_CONFIGS)}")
     return copy.deepcopy(LDM_CONFIGS[name])

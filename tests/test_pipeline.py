@@ -1,0 +1,131 @@
+"""lightning-fcae pipeline: every stage chained through saved configs, on the tiny synthetic profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_fcae.pipeline import METHODS, Pipeline, PlanError, deep_merge, last_csv_values, main
+
+# Every stage for a couple of steps on tiny data: what is tested is the chain, not the learning.
+FAST = {"trainer": {"max_epochs": 1, "max_steps": 2, "limit_val_batches": 1, "log_every_n_steps": 1}}
+TINY_IMAGES = {"data": {"init_args": {"image_size": 16, "num_workers": 0, "batch_size": 8}}}
+LOADER = {"data": {"init_args": {"num_workers": 0, "batch_size": 8}}}
+
+
+def tiny_plan(data_dir: Path) -> dict:
+    ldm = {"model": {"init_args": {"ldm_config": "tiny", "image_size": 16}}}
+    return {
+        "data_dir": str(data_dir),
+        "stages": {
+            "clip_pretrain": deep_merge({"model": {"init_args": {"architecture": "fcae-clip-tiny"}}}, LOADER)
+            | FAST,
+            "ldm_vq": deep_merge(ldm, TINY_IMAGES) | FAST,
+            "ldm_unet": deep_merge(ldm, TINY_IMAGES) | FAST,
+            "stage1": deep_merge({"model": {"init_args": {"size": "tiny"}}}, LOADER) | FAST,
+            "stage1_image": deep_merge({"model": {"init_args": {"clip_tokens": 17}}}, LOADER) | FAST,
+            "stage2": deep_merge({"model": {"init_args": {"clip_tokens": 17, "n_way": 2}}}, LOADER) | FAST,
+            "stage3": deep_merge(
+                {"model": {"init_args": {"image_size": 16, "condition_tokens": 4, "sample_steps": 2}}},
+                TINY_IMAGES,
+            )
+            | FAST,
+        },
+        "reconstruct": {"steps": 2, "batch_size": 48, "n_way": 2},
+    }
+
+
+def write_plan(tmp_path: Path, plan: dict) -> Path:
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def init_args(stage_dir: Path, section: str = "model") -> dict:
+    return yaml.safe_load((stage_dir / "run.yaml").read_text())[section]["init_args"]
+
+
+def test_deep_merge_replaces_lists_and_merges_dicts():
+    base = {"model": {"init_args": {"size": "small", "lr": 1.0}}, "trainer": {"callbacks": [1, 2]}}
+    merged = deep_merge(base, {"model": {"init_args": {"size": "tiny"}}, "trainer": {"callbacks": [3]}})
+    assert merged == {"model": {"init_args": {"size": "tiny", "lr": 1.0}}, "trainer": {"callbacks": [3]}}
+    assert base["model"]["init_args"]["size"] == "small"  # the input is not modified
+
+
+def test_dry_run_chains_each_method(tmp_path, synthetic_tiny):
+    """Each stage's saved config takes the previous stage's checkpoint, and outputs stay in the run."""
+    out = tmp_path / "run"
+    plan = write_plan(tmp_path, tiny_plan(synthetic_tiny))
+    assert main(["--plan", str(plan), "--out", str(out), "--dry-run", "--methods", *METHODS]) == 0
+    stage1 = init_args(out / "fcae/seed0/stage2")["encoder_ckpt"]
+    assert stage1 == str(out / "fcae/seed0/stage1/checkpoints/last.ckpt")
+    assert init_args(out / "fcae/seed0/stage3")["encoder_ckpt"] == str(
+        out / "fcae/seed0/stage2/checkpoints/last.ckpt"
+    )
+    # MinD-Vis skips stage 2; vis-dec adds its image-guided phase between stage 1 and stage 3
+    assert not (out / "mindvis/seed0/stage2").exists()
+    assert init_args(out / "mindvis/seed0/stage3")["encoder_ckpt"] == str(
+        out / "mindvis/seed0/stage1/checkpoints/last.ckpt"
+    )
+    assert init_args(out / "visdec/seed0/stage1_image")["init_ckpt"] == str(
+        out / "visdec/seed0/stage1/checkpoints/last.ckpt"
+    )
+    assert init_args(out / "visdec/seed0/stage3")["encoder_ckpt"].endswith(
+        "visdec/seed0/stage1_image/checkpoints/last.ckpt"
+    )
+    # ablation flags reach stage 2; the CLIP stand-in and the LDM stand-in are shared by all methods
+    assert init_args(out / "fcae_FT/seed0/stage2")["use_image"] is False
+    assert init_args(out / "fcae_FI/seed0/stage2")["use_text"] is False
+    clip = init_args(out / "fcae/seed0/stage2", "data")
+    assert (clip["clip_model"], clip["clip_pretrained"]) == ("fcae-clip-tiny", str(out / "shared/clip.pt"))
+    assert init_args(out / "mae_FI/seed0/stage3")["pretrained_ldm"] == str(out / "shared/ldm")
+    for config in out.glob("**/run.yaml"):  # nothing is written outside the run folder
+        trainer = yaml.safe_load(config.read_text())["trainer"]
+        assert trainer["default_root_dir"] == str(config.parent)
+        dirpaths = [
+            c["init_args"]["dirpath"] for c in trainer["callbacks"] if "dirpath" in c.get("init_args", {})
+        ]
+        assert dirpaths == [str(config.parent / "checkpoints")]
+
+
+def test_bad_plans_are_named_errors(tmp_path, synthetic_tiny, capsys):
+    with pytest.raises(PlanError, match="unknown stages"):
+        Pipeline({"data_dir": str(synthetic_tiny), "stages": {"stage4": {}}}, tmp_path, Path("configs"))
+    with pytest.raises(PlanError, match="unknown methods"):
+        Pipeline({"data_dir": str(synthetic_tiny)}, tmp_path, Path("configs"))(["mindeye"], [0])
+    plan = write_plan(tmp_path, {"data_dir": str(tmp_path / "nowhere")})
+    assert main(["--plan", str(plan), "--out", str(tmp_path / "run")]) == 2
+    assert "no dataset at" in capsys.readouterr().err
+
+
+def test_last_csv_values_reads_sparse_rows(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,test/top1_2way,test/loss\n0,0,0.5,\n0,0,,1.25\n")
+    assert last_csv_values(path) == {"epoch": 0.0, "step": 0.0, "test/top1_2way": 0.5, "test/loss": 1.25}
+
+
+def test_full_chain_runs_and_resumes(tmp_path, synthetic_tiny, monkeypatch, capsys):
+    """All of fCAE's stages for two steps each: stand-ins, stage 1 -> 2 -> 3, reconstruction, report."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the stages run as subprocesses
+    out = tmp_path / "run"
+    plan = write_plan(tmp_path, tiny_plan(synthetic_tiny))
+    assert main(["--plan", str(plan), "--out", str(out)]) == 0
+    summary = json.loads((out / "fcae/seed0/summary.json").read_text())
+    assert summary["params"]["fmri"] > 0 and summary["params"]["total"] > summary["params"]["fmri"]
+    assert 0 <= summary["identification"]["top1_2way"] <= 1
+    assert summary["recon"]["meta"]["images"] == 96  # tiny: 48 test images x 2 subjects
+    assert set(summary["seconds"]) == {
+        "stage1/fit",
+        "stage2/fit",
+        "stage2/test",
+        "stage3/fit",
+        "recon/reconstruct",
+    }
+    assert (out / "report.html").is_file() and (out / "table2.md").is_file()
+    # a second run finds every stage done and only rewrites the summary and report
+    capsys.readouterr()
+    assert main(["--plan", str(plan), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("done already, skipped") == 8
