@@ -35,6 +35,18 @@ def test_token_mapper_and_masked_latents():
     assert masked.shape == full.shape
     assert not torch.allclose(masked, full)
     assert TokenMapper(4, 8, 2, 3)(torch.randn(2, 4, 8)).shape == (2, 2, 3)
+    # the embedding readout is patch-specific: moving a feature to another patch changes token 0 only
+    # through it (the shared token map sees a permutation-weighted average either way)
+    mapper = TokenMapper(4, 8, 2, 3, embed_rank=2)
+    latents = torch.randn(1, 4, 8)
+    swapped = latents[:, [1, 0, 2, 3]]
+    with torch.no_grad():
+        mapper.token_map.weight.fill_(0.25)  # every patch weighted alike: the old mapper cannot tell
+        off = TokenMapper(4, 8, 2, 3, embed_rank=0)
+        off.load_state_dict(mapper.state_dict(), strict=False)
+        assert torch.allclose(off(latents), off(swapped), atol=1e-6)
+        assert not torch.allclose(mapper(latents)[:, 0], mapper(swapped)[:, 0])
+        assert torch.allclose(mapper(latents)[:, 1:], mapper(swapped)[:, 1:], atol=1e-6)
     assert token_cosine_loss(torch.ones(2, 3, 4), torch.ones(2, 3, 4)).item() == pytest.approx(0.0)
     assert token_cosine_loss(torch.ones(2, 3, 4), -torch.ones(2, 3, 4)).item() == pytest.approx(2.0)
 
@@ -74,8 +86,9 @@ def test_loss_terms_follow_their_flags(flags, terms, toy_dataset, tmp_path):
 def test_alignment_identifies_unseen_images_better_than_before(synthetic_tiny, tmp_path):
     """Cached features of a random-init tiny CLIP still tell images apart, so aligning to them must
     let fMRI identify held-out test images (2-way, per subject) better than the untrained aligner.
-    On tiny (173 training images per subject) the margin is modest; the text term does not yet
-    generalise there (issue 4), so this checks the image-token path."""
+    The text term is off: a random-init CLIP's caption embeddings are unrelated to its image
+    embeddings, so the two terms would pull the fMRI embedding apart (with the trained CLIP stand-in
+    they agree; measured in the closing note of issue 4)."""
     L.seed_everything(0)
     dm = NSDDataModule(
         str(synthetic_tiny),
@@ -91,7 +104,7 @@ def test_alignment_identifies_unseen_images_better_than_before(synthetic_tiny, t
     before = _trainer(tmp_path).test(module, dm, verbose=False)[0]["test/top1_2way"]
     _trainer(tmp_path, max_steps=300, limit_val_batches=0).fit(module, dm)
     after = _trainer(tmp_path).test(module, dm, verbose=False)[0]["test/top1_2way"]
-    assert after > 0.57 and after > before + 0.06, (before, after)
+    assert after > 0.66 and after > before + 0.15, (before, after)  # measured: 0.51 -> 0.74
 
 
 def test_stage1_checkpoint_feeds_stage2(toy_dataset, tmp_path):

@@ -292,17 +292,20 @@ class ClipFeatureLookup:
 
 
 def train_means(cache_dir: str | Path, chunk: int = 1024) -> dict[str, torch.Tensor]:
-    """Mean CLIP image tokens ``[T, D]`` and image embedding ``[D]`` over the cached training images.
+    """Mean CLIP image tokens ``[T, D]``, image embedding ``[D]`` and caption embedding ``[D]`` over the
+    cached training images.
 
     Stage 2 subtracts them from its targets: raw CLIP features share a large component across images
     (mean pairwise cosine ~0.9 for a random-init CLIP, ~0.5 for trained ones), and a cosine loss on raw
-    features is satisfied by predicting that shared part.
+    features is satisfied by predicting that shared part. Captions are centred by their own mean: image
+    and text embeddings sit in separate cones of CLIP's space (the modality gap), and it is their
+    centred parts that correspond.
     """
     folder = Path(cache_dir) / "train"
     if not folder.exists():
         raise CacheError(f"{cache_dir} has no train split: the target means come from training images")
     means = {}
-    for name in ("image_tokens", "image_embed"):
+    for name in ("image_tokens", "image_embed", "text_embed"):
         array = np.load(folder / f"{name}.npy", mmap_mode="r")
         total = np.zeros(array.shape[1:], np.float64)
         for start in range(0, len(array), chunk):

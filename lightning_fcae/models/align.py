@@ -29,17 +29,32 @@ from .vit import FMRIEncoder, random_masking
 
 
 class TokenMapper(nn.Module):
-    """``[b, n, d]`` fMRI patch latents -> ``[b, t, D]`` tokens on CLIP's grid."""
+    """``[b, n, d]`` fMRI patch latents -> ``[b, t, D]`` tokens on CLIP's grid.
 
-    def __init__(self, num_patches: int, fmri_dim: int, clip_tokens: int, clip_dim: int):
+    ``token_map`` mixes patches with one weight per (patch, token), shared by every feature: a token
+    can only be a weighted average of patch latents seen through one projection. The fMRI embedding
+    (token 0) also gets an ``embed_rank``-wide readout of every patch, flattened: a patch-specific
+    linear map, as a ridge decoder from voxels has (0 turns it off: the MinD-Vis channel mapper alone).
+    """
+
+    def __init__(self, num_patches: int, fmri_dim: int, clip_tokens: int, clip_dim: int, embed_rank: int = 8):
         super().__init__()
         self.norm = nn.LayerNorm(fmri_dim)
         self.token_map = nn.Linear(num_patches, clip_tokens)
         self.proj = nn.Linear(fmri_dim, clip_dim)
+        self.embed_rank = embed_rank
+        if embed_rank:
+            self.embed_reduce = nn.Linear(fmri_dim, embed_rank)
+            self.embed_head = nn.Linear(num_patches * embed_rank, clip_dim)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        mixed = self.token_map(rearrange(self.norm(latents), "b n d -> b d n"))  # b d t
-        return self.proj(rearrange(mixed, "b d t -> b t d"))
+        z = self.norm(latents)  # b n d
+        mixed = self.token_map(rearrange(z, "b n d -> b d n"))  # b d t
+        tokens = self.proj(rearrange(mixed, "b d t -> b t d"))  # b t D
+        if not self.embed_rank:
+            return tokens
+        readout = self.embed_head(rearrange(self.embed_reduce(z), "b n r -> b (n r)"))  # b D
+        return torch.cat([tokens[:, :1] + readout[:, None], tokens[:, 1:]], dim=1)
 
 
 class FMRIAligner(nn.Module):
@@ -56,15 +71,18 @@ class FMRIAligner(nn.Module):
         regressor: LatentContextRegressor | None,
         clip_tokens: int,
         clip_dim: int,
+        embed_rank: int = 8,
     ):
         super().__init__()
         self.encoder, self.regressor = encoder, regressor
-        self.mapper = TokenMapper(encoder.num_patches, encoder.embed_dim, clip_tokens, clip_dim)
+        self.mapper = TokenMapper(encoder.num_patches, encoder.embed_dim, clip_tokens, clip_dim, embed_rank)
 
     @classmethod
-    def from_pretrained(cls, model: FCAE | MAE, clip_tokens: int, clip_dim: int) -> FMRIAligner:
+    def from_pretrained(
+        cls, model: FCAE | MAE, clip_tokens: int, clip_dim: int, embed_rank: int = 8
+    ) -> FMRIAligner:
         """Keep the stage-1 encoder (and fCAE regressor); drop the decoder."""
-        return cls(model.encoder, getattr(model, "regressor", None), clip_tokens, clip_dim)
+        return cls(model.encoder, getattr(model, "regressor", None), clip_tokens, clip_dim, embed_rank)
 
     def latents(self, x: torch.Tensor, mask_ratio: float = 0.0, generator=None) -> torch.Tensor:
         """Patch latents in patch order ``[b, n, d]``."""

@@ -36,12 +36,13 @@ class FCAEAlign(L.LightningModule):
         encoder_ckpt: a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint (the decoder is dropped). None starts from
             a random ``encoder_kind``/``encoder_size`` model: the "untrained encoder" control.
         clip_tokens / clip_dim: CLIP's image-token grid, T x D (ViT-B-32: 50 x 512).
+        embed_rank: per-patch width of the fMRI embedding's flattened readout (``TokenMapper``; 0: off).
         use_image / use_text: the cosine image-token loss and the text contrastive loss.
         mask_ratio: patches masked in training (the regressor predicts them); evaluation sees all.
         lr / min_lr / warmup_fraction / weight_decay: AdamW, warmup + cosine (paper: 5e-4, 0.05).
         n_way: identification ways for ``val/top1_<n>way`` (MinD-Vis: 50); 2-way is logged too.
-        center_targets: subtract the training-set mean CLIP image tokens/embedding from the targets (and
-            from the identification candidates); see docs/method.md.
+        center_targets: subtract the training-set mean CLIP image tokens, image embedding and caption
+            embedding from the targets (and from the identification candidates); see docs/method.md.
         live_clip_model / live_clip_pretrained: a frozen CLIP that computes features for batches without
             cached ones (slower; the cache is ``data.clip_model``).
         stage1: the stage-1 architecture, recorded in checkpoints by this module; leave unset.
@@ -55,6 +56,7 @@ class FCAEAlign(L.LightningModule):
         encoder_size: str = "tiny",
         clip_tokens: int = 50,
         clip_dim: int = 512,
+        embed_rank: int = 8,
         use_image: bool = True,
         use_text: bool = True,
         mask_ratio: float = 0.5,
@@ -87,11 +89,12 @@ class FCAEAlign(L.LightningModule):
             )
         self.save_hyperparameters()
         self.hparams.stage1 = stage1
-        self.aligner = FMRIAligner.from_pretrained(model, clip_tokens, clip_dim)
+        self.aligner = FMRIAligner.from_pretrained(model, clip_tokens, clip_dim, embed_rank)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
         # training-set means of the CLIP targets, set in setup() from the feature cache; saved with the model
         self.register_buffer("clip_token_mean", torch.zeros(clip_tokens, clip_dim))
         self.register_buffer("clip_embed_mean", torch.zeros(clip_dim))
+        self.register_buffer("clip_text_mean", torch.zeros(clip_dim))
         self.clip = None
         if live_clip_model is not None:
             from ..models.clip import load_clip
@@ -113,6 +116,7 @@ class FCAEAlign(L.LightningModule):
             means = train_means(cache)
             self.clip_token_mean.copy_(means["image_tokens"])
             self.clip_embed_mean.copy_(means["image_embed"])
+            self.clip_text_mean.copy_(means["text_embed"])
         elif self.hparams.center_targets and stage == "fit":
             rank_zero_warn("center_targets needs the CLIP feature cache (data.clip_model); targets stay raw")
         ways = sorted({2, self.hparams.n_way})
@@ -146,6 +150,7 @@ class FCAEAlign(L.LightningModule):
             )
         if self.hparams.center_targets:
             tokens, image = tokens - self.clip_token_mean, image - self.clip_embed_mean
+            text = text - self.clip_text_mean
         return tokens, image, text
 
     def losses(
