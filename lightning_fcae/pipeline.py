@@ -12,8 +12,8 @@ seed, the chain the method needs and writes one folder per stage::
 
 Every stage is a plain ``lightning fit --config STAGE/run.yaml`` subprocess: ``run.yaml`` is the stage's
 config (``configs/<stage>.yaml``) merged with the plan's overrides and the run's paths, so any row can be
-re-run by hand with exactly that command. A stage that finished (``STAGE/done.json``) is skipped when
-the pipeline is run again: an interrupted run resumes at the stage it was in.
+re-run by hand with exactly that command. A stage that finished (``STAGE/done-fit.json``) is skipped
+when the pipeline is run again, and an interrupted one resumes from its ``last.ckpt`` (saved every epoch).
 """
 
 from __future__ import annotations
@@ -162,10 +162,14 @@ class Pipeline:
         return run_paths(config, stage_dir, f"{self.out.name}-{stage_dir.parent.name}-{stage_dir.name}")
 
     def fit(self, stage: str, config_file: str, stage_dir: Path, seed: int, extra: dict) -> Path:
-        """``lightning fit`` one stage (skipped when done); returns its last checkpoint."""
+        """``lightning fit`` one stage (skipped when done, resumed from its last checkpoint when it was
+        interrupted); returns its last checkpoint."""
         last = stage_dir / "checkpoints" / "last.ckpt"
         config = self.stage_config(stage, config_file, stage_dir, seed, extra)
-        self.run(stage_dir, config, ["fit", "--config", str(stage_dir / "run.yaml")])
+        args = ["fit", "--config", str(stage_dir / "run.yaml")]
+        if last.is_file():  # an interrupted fit left it; a finished one is skipped in run()
+            args += ["--ckpt_path", str(last)]
+        self.run(stage_dir, config, args)
         return last
 
     def run(self, stage_dir: Path, config: dict, args: list[str], config_name: str = "run.yaml") -> None:

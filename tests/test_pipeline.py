@@ -91,6 +91,19 @@ def test_dry_run_chains_each_method(tmp_path, synthetic_tiny):
         assert dirpaths == [str(config.parent / "checkpoints")]
 
 
+def test_an_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path, synthetic_tiny, capsys):
+    out = tmp_path / "run"
+    plan = write_plan(tmp_path, tiny_plan(synthetic_tiny))
+    last = out / "fcae/seed0/stage1/checkpoints/last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")  # what an interrupted fit leaves behind (no done-fit.json)
+    assert main(["--plan", str(plan), "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    stage1 = next(line for line in printed if "fcae/seed0/stage1:" in line)
+    assert stage1.endswith(f"--ckpt_path {last}")
+    assert not any("--ckpt_path" in line for line in printed if "stage2: lightning_fcae fit" in line)
+
+
 def test_bad_plans_are_named_errors(tmp_path, synthetic_tiny, capsys):
     with pytest.raises(PlanError, match="unknown stages"):
         Pipeline({"data_dir": str(synthetic_tiny), "stages": {"stage4": {}}}, tmp_path, Path("configs"))
