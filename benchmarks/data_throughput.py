@@ -9,6 +9,7 @@ and 3). Each row streams one full training epoch (shuffle, repeats, normalisatio
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 import torch
@@ -23,7 +24,12 @@ def stream(data: str, workers: int, with_images: bool, batch_size: int, epochs: 
     for _ in range(epochs):
         for batch in loader:
             samples += batch["fmri"].shape[0]
-    return samples, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    # persistent workers: shut them down here, or the next row's forked workers inherit this pool
+    # and fail an assertion when they finalise it at exit
+    del loader
+    gc.collect()
+    return samples, elapsed
 
 
 def main() -> None:
