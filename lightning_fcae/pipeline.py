@@ -98,9 +98,16 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def load_yaml(path: Path) -> dict:
+    """A YAML mapping; a missing file, bad YAML or a non-mapping is a :class:`PlanError` naming the file."""
     if not path.is_file():
         raise PlanError(f"{path} does not exist")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(content, dict):
+        raise PlanError(f"{path} must hold a mapping of keys to values, not a {type(content).__name__}")
+    return content
 
 
 def run_paths(config: dict, stage_dir: Path, run_name: str) -> dict:
@@ -148,6 +155,11 @@ class Pipeline:
         if unknown:
             known = ", ".join(["stage1", "stage1_image", *STAGE_CONFIGS])
             raise PlanError(f"plan: unknown stages {sorted(unknown)}; known: {known}")
+        for stage, override in self.overrides.items():
+            if not isinstance(override, dict):
+                raise PlanError(f"plan: stages.{stage} must be a mapping of config overrides")
+        if plan.get("clip_pretrained") and not plan.get("clip_model"):
+            raise PlanError("plan: clip_pretrained is set without clip_model (the open_clip model name)")
         self.started = time.monotonic()
         self.step, self.total_steps = 0, 0
 

@@ -109,9 +109,19 @@ def test_bad_plans_are_named_errors(tmp_path, synthetic_tiny, capsys):
         Pipeline({"data_dir": str(synthetic_tiny), "stages": {"stage4": {}}}, tmp_path, Path("configs"))
     with pytest.raises(PlanError, match="unknown methods"):
         Pipeline({"data_dir": str(synthetic_tiny)}, tmp_path, Path("configs"))(["mindeye"], [0])
+    with pytest.raises(PlanError, match="stages.stage1 must be a mapping"):
+        Pipeline({"data_dir": str(synthetic_tiny), "stages": {"stage1": [1]}}, tmp_path, Path("configs"))
+    with pytest.raises(PlanError, match="without clip_model"):
+        Pipeline({"data_dir": str(synthetic_tiny), "clip_pretrained": "x.pt"}, tmp_path, Path("configs"))
     plan = write_plan(tmp_path, {"data_dir": str(tmp_path / "nowhere")})
     assert main(["--plan", str(plan), "--out", str(tmp_path / "run")]) == 2
     assert "no dataset at" in capsys.readouterr().err
+    plan.write_text("data_dir: [unclosed\n")
+    assert main(["--plan", str(plan), "--out", str(tmp_path / "run")]) == 2
+    assert f"{plan} is not valid YAML" in capsys.readouterr().err
+    plan.write_text("- a list\n")
+    assert main(["--plan", str(plan), "--out", str(tmp_path / "run")]) == 2
+    assert "must hold a mapping" in capsys.readouterr().err
 
 
 def test_last_csv_values_reads_sparse_rows(tmp_path):
