@@ -14,6 +14,9 @@ Every stage is a plain ``lightning fit --config STAGE/run.yaml`` subprocess: ``r
 config (``configs/<stage>.yaml``) merged with the plan's overrides and the run's paths, so any row can be
 re-run by hand with exactly that command. A stage that finished (``STAGE/done-fit.json``) is skipped
 when the pipeline is run again, and an interrupted one resumes from its ``last.ckpt`` (saved every epoch).
+If the plan (or a stage config) changed since a stage finished or started, the rerun stops and names the
+changed keys instead of mixing old and new results: use a new ``--out``, or delete that stage's folder and
+the ones after it.
 """
 
 from __future__ import annotations
@@ -95,6 +98,14 @@ def deep_merge(base: dict, override: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def changed_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (a list compares as a whole)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(old.keys() | new.keys(), key=str)
+        return [path for key in keys for path in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".") or "the config"]
 
 
 def load_yaml(path: Path) -> dict:
@@ -185,14 +196,28 @@ class Pipeline:
         return last
 
     def run(self, stage_dir: Path, config: dict, args: list[str], config_name: str = "run.yaml") -> None:
+        """Run one command in ``stage_dir`` unless it finished before with this very config. A stage
+        that finished (or started, for a resumable fit) with another config is a :class:`PlanError`:
+        skipping it would report stale results, re-running it would leave later stages stale."""
         self.step += 1
         done = stage_dir / f"done-{args[0]}.json"
         label = f"[{self.step}/{self.total_steps} {self.elapsed()}] {stage_dir.relative_to(self.out)}"
+        saved = stage_dir / config_name
+        config = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))  # as it reads back from disk
+        started = done.is_file() or "--ckpt_path" in args and args[0] == "fit"
+        if started and saved.is_file():
+            changed = changed_keys(yaml.safe_load(saved.read_text()), config)
+            if changed:
+                raise PlanError(
+                    f"{stage_dir} {'finished' if done.is_file() else 'started'} with another config "
+                    f"({', '.join(changed)} differ from {saved.name}); use a new --out, or delete "
+                    f"{stage_dir} and the stages that follow it to re-run them"
+                )
         if done.is_file():
             print(f"{label}: done already, skipped", flush=True)
             return
         stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / config_name).write_text(yaml.safe_dump(config, sort_keys=False))
+        saved.write_text(yaml.safe_dump(config, sort_keys=False))
         command = [sys.executable, "-m", "lightning_fcae", *args]
         print(f"{label}: {' '.join(command[2:])}", flush=True)
         if self.dry_run:

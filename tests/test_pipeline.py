@@ -104,6 +104,29 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path, synthet
     assert not any("--ckpt_path" in line for line in printed if "stage2: lightning_fcae fit" in line)
 
 
+def test_a_stage_done_with_another_config_is_refused(tmp_path, synthetic_tiny, capsys):
+    """Editing the plan after a stage finished must not skip it silently (stale results) nor re-run it
+    alone (the stages after it would be stale): the rerun stops and names what changed."""
+    out, plan = tmp_path / "run", tiny_plan(synthetic_tiny)
+    argv = ["--plan", str(write_plan(tmp_path, plan)), "--out", str(out), "--dry-run"]
+    assert main(argv) == 0
+    (out / "fcae/seed0/stage1/done-fit.json").write_text('{"seconds": 1}')
+    (out / "fcae/seed0/recon/done-reconstruct.json").write_text('{"seconds": 1}')
+    capsys.readouterr()
+    assert main(argv) == 0  # the same plan: finished stages are skipped
+    assert "fcae/seed0/stage1: done already, skipped" in capsys.readouterr().out
+    plan["reconstruct"]["steps"] = 3
+    write_plan(tmp_path, plan)
+    assert main(argv) == 2
+    assert "fcae/seed0/recon finished with another config (reconstruct differ" in capsys.readouterr().err
+    plan["stages"]["stage1"]["model"]["init_args"]["mask_ratio"] = 0.5
+    write_plan(tmp_path, plan)
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "fcae/seed0/stage1 finished with another config (model.init_args.mask_ratio differ" in error
+    assert "use a new --out" in error
+
+
 def test_bad_plans_are_named_errors(tmp_path, synthetic_tiny, capsys):
     with pytest.raises(PlanError, match="unknown stages"):
         Pipeline({"data_dir": str(synthetic_tiny), "stages": {"stage4": {}}}, tmp_path, Path("configs"))
