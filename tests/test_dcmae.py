@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,12 +19,11 @@ from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.models import DCMAE, MAE, model_size
 from lightning_fcae.models.dcmae import info_nce
 from lightning_fcae.models.mae import mae_loss
-from lightning_fcae.models.vit import random_masking
 from lightning_fcae.stages import DCMAEPretrain, load_pretrained
 from lightning_fcae.stages.optim import adamw
 from lightning_fcae.stages.pretrain import build_stage1, stage1_hparams
+from tests.ddp import REPO, fixed_masking, run_ranks
 
-REPO = Path(__file__).resolve().parents[1]
 V, T, D = 80, 5, 12  # padded voxels (5 tiny patches), image tokens T x D
 GLOBAL_BATCH = 8
 
@@ -231,12 +227,6 @@ def test_cli_fast_dev_run(config, toy_dataset, tmp_path, monkeypatch):
         assert torch.equal(tensor, model.encoder.state_dict()[name]), name
 
 
-def _fixed_masking(batch, num_patches, mask_ratio, generator=None, device=None):
-    """One mask for every sample and rank, so one process and two see the same masks."""
-    ids = random_masking(1, num_patches, mask_ratio, torch.Generator().manual_seed(0), "cpu")
-    return tuple(i.expand(batch, -1).to(device) for i in ids)
-
-
 def _ddp_module() -> DCMAEPretrain:
     L.seed_everything(0)
     return DCMAEPretrain(V, size="tiny", rec_weight=0.0)  # the contrast terms alone
@@ -245,21 +235,13 @@ def _ddp_module() -> DCMAEPretrain:
 def test_ddp_contrast_gathers_negatives_from_every_rank(tmp_path, monkeypatch):
     """The first step's loss over two ranks (4 samples each) must equal one process's over all 8: each
     query meets the keys of both ranks. Rank-local negatives would give a different number."""
-    monkeypatch.setattr(mae_module, "random_masking", _fixed_masking)
+    monkeypatch.setattr(mae_module, "random_masking", fixed_masking)
     fmri = _fmri(GLOBAL_BATCH)
     module = _ddp_module()
     whole = module.batch_losses({"fmri": fmri})["loss"].item()
     halves = [module.batch_losses({"fmri": fmri[r::2]})["loss"].item() for r in range(2)]
     assert abs(sum(halves) / 2 - whole) > 0.05  # local negatives would be visibly different
-    command = [sys.executable, __file__, str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stderr=subprocess.PIPE)
-    try:
-        _, stderr = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # both ranks: they share the session
-        pytest.fail("two-process DC-MAE fit hung")
-    assert process.returncode == 0, stderr.decode()[-2000:]
+    run_ranks([sys.executable, __file__, str(tmp_path)], tmp_path, "two-process DC-MAE fit")
     assert json.loads((tmp_path / "loss.json").read_text()) == pytest.approx(whole, rel=1e-5)
 
 
@@ -281,7 +263,7 @@ class _Rows(L.LightningDataModule):
 def _ddp_fit(root: str) -> None:
     """The DDP test's run; Lightning starts rank 1 as this same command."""
     torch.set_num_threads(1)
-    mae_module.random_masking = _fixed_masking
+    mae_module.random_masking = fixed_masking
     trainer = _trainer(
         root, devices=2, strategy="ddp", use_distributed_sampler=False, max_steps=1,
         enable_checkpointing=False, callbacks=[_FirstLoss()],

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,9 +19,9 @@ from lightning_fcae.metrics.callbacks import ReconstructionMetrics
 from lightning_fcae.reconstruct import ReconstructionError, reconstruct
 from lightning_fcae.stages.diffusion import LDMFinetune
 from tests.conftest import VOXELS
+from tests.ddp import run_ranks
 
 V = 80  # padded voxel count of VOXELS
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _textured_dataset(root):
@@ -206,14 +203,7 @@ def test_reconstruction_metrics_under_two_process_ddp(trained, tmp_path):
     would wait forever for the other rank, which has gone on training."""
     data, _ = trained
     command = [sys.executable, __file__, str(data), str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stderr=subprocess.PIPE)
-    try:
-        _, stderr = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # both ranks: they share the session
-        pytest.fail("DDP fit with ReconstructionMetrics hung")
-    assert process.returncode == 0, stderr.decode()[-2000:]
+    run_ranks(command, tmp_path, "DDP fit with ReconstructionMetrics")
     assert json.loads((tmp_path / "rank0.json").read_text()) == ["mse", "pairwise_pcc", "pixcorr", "ssim"]
     assert [p.name for p in tmp_path.glob("val_recon_*.png")] == ["val_recon_epoch0.png"]
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -19,8 +17,7 @@ from lightning_fcae.metrics.probe import LinearProbe, pool_latents, probe_featur
 from lightning_fcae.models import FCAE, MAE, model_size
 from lightning_fcae.stages import FCAEPretrain, MAEPretrain, load_pretrained
 from lightning_fcae.stages.optim import adamw, warmup_cosine
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.ddp import REPO, run_ranks
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
@@ -136,21 +133,9 @@ def test_two_process_ddp_matches_one_process(toy_dataset, tmp_path):
     results = {}
     for devices in (1, 2):
         out = tmp_path / f"{devices}.json"
-        subprocess.run(
-            [
-                sys.executable,
-                str(script),
-                "--devices",
-                str(devices),
-                "--out",
-                str(out),
-                "--data",
-                str(toy_dataset),
-            ],
-            check=True,
-            cwd=tmp_path,
-            capture_output=True,
-            timeout=300,
+        command = [sys.executable, str(script), "--devices", str(devices), "--out", str(out)]
+        run_ranks(
+            [*command, "--data", str(toy_dataset)], tmp_path, f"stage-1 fit on {devices} process(es)", 300
         )
         results[devices] = json.loads(out.read_text())
     one, two = results[1], results[2]

@@ -18,16 +18,10 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import lightning_fcae.models.fcae as fcae_module
 from lightning_fcae.data.datamodule import NSDDataModule
-from lightning_fcae.models.vit import random_masking
 from lightning_fcae.stages import FCAEPretrain
+from tests.ddp import fixed_masking
 
 GLOBAL_BATCH, STEPS, VOXELS = 8, 3, 128
-
-
-def fixed_masking(batch, num_patches, mask_ratio, generator=None, device=None):
-    """The same mask for every sample: a pure function of the shapes, identical on every rank."""
-    ids = random_masking(1, num_patches, mask_ratio, torch.Generator().manual_seed(0), "cpu")
-    return tuple(i.expand(batch, -1).to(device) for i in ids)
 
 
 class RecordLosses(L.Callback):
