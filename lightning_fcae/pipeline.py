@@ -7,7 +7,7 @@ seed, the chain the method needs and writes one folder per stage::
                                                  run, only where the plan names no real weights)
     OUT/<method>/seed<k>/stage1, stage2, stage3  LightningCLI runs (vis-dec: + stage1_image)
     OUT/<method>/seed<k>/recon                   ``lightning-fcae reconstruct`` output
-    OUT/<method>/seed<k>/summary.json            what report.py tabulates
+    OUT/<method>/seed<k>/summary.json            what the report tabulates
     OUT/report.html, table2.md, table3.md        :mod:`lightning_fcae.report`
 
 Every stage is a plain ``lightning fit --config STAGE/run.yaml`` subprocess: ``run.yaml`` is the stage's

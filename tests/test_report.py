@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from lightning_fcae.cli import main
-from lightning_fcae.report import _training_losses, load_summaries, plot_curves, table2, table3, write_report
+from lightning_fcae.report import load_summaries, plot_curves, table2, table3, write_report
+from lightning_fcae.report.curves import training_losses
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # method -> per seed: (mse, pixcorr, ssim, clip_score, pairwise_mse, top1_50way or None)
@@ -167,7 +168,7 @@ def test_plot_curves(tmp_path):
     test_csv = run / "fcae" / "seed0" / "stage2" / "csv" / "test" / "metrics.csv"
     test_csv.parent.mkdir(parents=True)
     test_csv.write_text("epoch,step,test/loss,test/top1_50way\n0,0,0.3,0.1\n")
-    assert sorted(_training_losses(test_csv.parents[2])) == ["train/loss", "val/loss"]
+    assert sorted(training_losses(test_csv.parents[2])) == ["train/loss", "val/loss"]
     assert not plot_curves(test_csv.parents[1], tmp_path / "test_only.png")
     # no metrics.csv: no plot, no file
     assert not plot_curves(run / "fcae" / "seed0" / "recon", tmp_path / "none.png")

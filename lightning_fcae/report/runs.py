@@ -1,0 +1,28 @@
+"""Find a pipeline run's ``summary.json`` files: what every table and the page are built from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load_summaries(run_dir: str | Path) -> list[dict]:
+    """Every ``*/seed*/summary.json`` of a run, sorted by method then seed, each with ``dir`` (its folder)
+    added so the report can find the stages and the reconstruction beside it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run dir {run_dir} does not exist")
+    summaries = []
+    for path in run_dir.glob("*/seed*/summary.json"):
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        summary.setdefault("method", path.parent.parent.name)
+        summary.setdefault("seed", int(path.parent.name.removeprefix("seed")))
+        summaries.append(summary | {"dir": path.parent})
+    if not summaries:
+        raise FileNotFoundError(
+            f"no {run_dir}/<method>/seed<k>/summary.json: not a pipeline run folder, or no run finished yet"
+        )
+    return sorted(summaries, key=lambda s: (s["method"], s["seed"]))
