@@ -122,6 +122,23 @@ def test_finetune_learns_and_leaves_frozen_weights_untouched(toy_dataset, tmp_pa
     assert _fixed_loss(module, batch) < 0.9 * loss_before
 
 
+def test_condition_gain_is_the_loss_rise_under_another_samples_fmri():
+    """val/condition_gain compares the loss with each sample's own fMRI against a neighbour's under the
+    same noise: exactly zero when every sample has the same fMRI, non-zero otherwise."""
+    module = _finetune().eval()
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value.item())
+    batch = _batch() | {"key": [str(i) for i in range(4)]}
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+        expected = module.loss(batch, torch.Generator().manual_seed(0)).item()
+        assert logged["val/loss"] == pytest.approx(expected, rel=1e-6)
+        assert logged["val/condition_gain"] != 0
+        same = batch | {"fmri": batch["fmri"][:1].expand(4, -1)}
+        module.validation_step(same, 3)
+    assert logged["val/condition_gain"] == 0
+
+
 def test_encoder_from_stage1_checkpoint(toy_dataset, tmp_path):
     stage1 = FCAEPretrain(V, size="tiny")
     trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)

@@ -180,10 +180,17 @@ class LDMFinetune(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # noise and timesteps seeded by batch index: val/loss is comparable across epochs
-        generator = torch.Generator(self.device).manual_seed(batch_idx)
-        loss = self.loss(batch, generator)
-        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["key"]))
+        """``val/loss``, and ``val/condition_gain``: how much that loss rises when every sample is given
+        another sample's fMRI (the same noise and timesteps). Near zero means the model ignores the
+        fMRI, which no loss curve shows and sampling takes long to reveal. Samples that happen to share
+        an image with their neighbour make it a lower bound."""
+        # noise and timesteps seeded by batch index: both terms are comparable across epochs
+        loss = self.loss(batch, torch.Generator(self.device).manual_seed(batch_idx))
+        shuffled = {**batch, "fmri": batch["fmri"].roll(1, dims=0)}
+        loss_shuffled = self.loss(shuffled, torch.Generator(self.device).manual_seed(batch_idx))
+        size = len(batch["key"])
+        self.log("val/loss", loss, sync_dist=True, batch_size=size)
+        self.log("val/condition_gain", loss_shuffled - loss, sync_dist=True, batch_size=size)
 
     @torch.no_grad()
     def reconstruct(
