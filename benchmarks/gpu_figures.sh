@@ -3,7 +3,7 @@
 # short loan of a machine yields what it can. Each step has its own time limit and a failure does not
 # stop the next; each step's full output goes to $OUT/<step>.txt, a summary to stdout.
 #
-#   OUT=/tmp/figures bash benchmarks/gpu_figures.sh            # about 8 minutes on one H100
+#   OUT=/tmp/figures bash benchmarks/gpu_figures.sh    # at most 12.5 min (the sum of the steps' limits)
 #
 # Needs the project installed (make install, or its wheels on PYTHONPATH) and a CUDA device.
 set -u
