@@ -42,6 +42,27 @@ def test_cli_fast_dev_run(config, toy_dataset, tmp_path, monkeypatch):
     assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
 
 
+def test_a_rerun_replaces_the_checkpoint_the_next_stage_reads(toy_dataset, tmp_path, monkeypatch):
+    """configs/stage2_align.yaml reads checkpoints/stage1_fcae/last.ckpt: by Lightning's default a rerun
+    would save last-v1.ckpt beside it and leave stage 2 silently on the first run's weights."""
+    monkeypatch.chdir(tmp_path)
+    runs = []
+    for seed in (1, 2):
+        cli = run_lightning_cli(
+            [
+                "fit", f"--config={REPO / 'configs' / 'stage1_fcae.yaml'}",
+                f"--config={REPO / 'configs' / 'profiles' / 'tiny.yaml'}", f"--data.data_dir={toy_dataset}",
+                f"--seed_everything={seed}", "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+            ]
+        )  # fmt: skip
+        runs.append(cli.model.state_dict())
+    folder = tmp_path / "checkpoints" / "stage1_fcae"
+    assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
+    saved = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    name = "model.encoder.patch_embed.proj.weight"
+    assert torch.equal(saved[name], runs[1][name]) and not torch.equal(saved[name], runs[0][name])
+
+
 def _probe(module, dm, shuffle_labels=False) -> float:
     train_x, train_y = probe_features(module, dm, "train", "shape", pool="tokens")
     if shuffle_labels:

@@ -70,3 +70,5 @@ def test_sweep_command_runs(path, toy_dataset, tmp_path, monkeypatch):
     assert cli.trainer.state.finished
     for name, value in values.items():
         assert cli.model.hparams[name.split(".")[-1]] == pytest.approx(value)
+    # a sweep's runs never replace the checkpoint the next stage reads
+    assert cli.trainer.checkpoint_callback.dirpath.endswith(f"checkpoints/sweeps/{path.stem}")
