@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import io
+import random
 import re
+import sys
+import types
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +21,7 @@ from lightning_fcae.cli import run_lightning_cli
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.models.ldm import build_ldm, cross_attention_parameters, ldm_config, load_ldm
 from lightning_fcae.models.ldm_convert import convert_compvis_ldm
+from lightning_fcae.models.ldm_convert import main as convert_main
 from lightning_fcae.sampling import sample_images
 from lightning_fcae.stages import FCAEPretrain
 from lightning_fcae.stages.diffusion import LDMFinetune, LDMPretrain
@@ -412,6 +419,65 @@ def test_convert_compvis_checkpoint_round_trip(tmp_path):
     assert torch.allclose(converted.scheduler.alphas_cumprod, reference.scheduler.alphas_cumprod)
     with pytest.raises(FileExistsError):
         convert_compvis_ldm(ckpt, config, tmp_path / "diffusers")
+
+
+def _convert_error(capsys, ckpt, config, *flags) -> str:
+    """Run ``convert-ldm`` as the user would; it must fail with one ``error:`` line, not a traceback."""
+    assert convert_main([str(ckpt), "--config", str(config), "--out", str(ckpt.parent / "out"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_convert_missing_inputs_are_clear_errors(tmp_path, capsys):
+    ckpt, config = tmp_path / "model.ckpt", tmp_path / "config.yaml"
+    torch.save({"state_dict": {}}, ckpt)
+    config.write_text("model: {}\n")
+    assert str(tmp_path / "nope.yaml") in _convert_error(capsys, ckpt, tmp_path / "nope.yaml")
+    assert str(tmp_path / "nope.ckpt") in _convert_error(capsys, tmp_path / "nope.ckpt", config)
+
+
+def _zip_of_notes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("notes.txt", "not weights")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [random.Random(0).randbytes(4096), b"hello world\n", _zip_of_notes()],  # a zip, not torch's layout
+    ids=["random-bytes", "text", "other-zip"],
+)
+def test_convert_corrupt_checkpoint_does_not_advise_trust_pickle(tmp_path, capsys, content):
+    ckpt, config = tmp_path / "model.ckpt", tmp_path / "config.yaml"
+    config.write_text("model: {}\n")
+    ckpt.write_bytes(content)
+    err = _convert_error(capsys, ckpt, config)
+    assert f"{ckpt}: not a readable PyTorch checkpoint" in err
+    assert "trust" not in err and "weights_only" not in err
+
+
+def test_convert_non_allowlisted_class_advises_trust_pickle(tmp_path, capsys):
+    ckpt, config = tmp_path / "model.ckpt", tmp_path / "config.yaml"
+    config.write_text("model: {}\n")
+    torch.save({"state_dict": {}, "hparams": argparse.Namespace()}, ckpt)  # as old Lightning pickles
+    err = _convert_error(capsys, ckpt, config)
+    assert "argparse.Namespace" in err and "--trust-pickle" in err
+    # trusted, it loads: the failure moves on to the (empty) contents
+    assert "no first_stage_model.* keys" in _convert_error(capsys, ckpt, config, "--trust-pickle")
+
+
+def test_convert_trusted_pickle_of_missing_code_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    ghost = types.ModuleType("ghost_module")
+    ghost.Callback = type("Callback", (), {"__module__": "ghost_module"})
+    monkeypatch.setitem(sys.modules, "ghost_module", ghost)
+    ckpt, config = tmp_path / "model.ckpt", tmp_path / "config.yaml"
+    config.write_text("model: {}\n")
+    torch.save({"state_dict": {}, "callbacks": ghost.Callback()}, ckpt)
+    monkeypatch.delitem(sys.modules, "ghost_module")
+    err = _convert_error(capsys, ckpt, config, "--trust-pickle")
+    assert "not installed" in err and "ghost_module" in err and "corrupt" not in err
 
 
 def test_cli_fast_dev_run(toy_dataset, tmp_path, monkeypatch):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -31,26 +33,46 @@ from diffusers.loaders.single_file_utils import (
 from .ldm import LDM, build_vq, save_ldm
 
 VQ_PREFIX = "first_stage_model."
+# How torch names a class its safe loader refuses only because it is not allowlisted; other refusals
+# (garbage bytes, blocked modules such as os) are not something --trust-pickle should be used for.
+_NOT_ALLOWLISTED = re.compile(r"GLOBAL (\S+) was not an allowed global by default")
 
 
 def load_compvis_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The state dict of a ``.ckpt`` (PyTorch Lightning 1.x pickle) or ``.safetensors`` file.
 
     Pickles load with ``weights_only=True``; old Lightning checkpoints that also pickle callback objects
-    need ``trust_pickle`` (which runs code from the file: only for checkpoints you trust).
+    need ``trust_pickle`` (which runs code from the file: only for checkpoints you trust). Only that case
+    suggests ``--trust-pickle``: torch's own message for a corrupt file also advises ``weights_only=False``,
+    which cannot fix it and would unpickle a file nobody vouched for, so it is not passed on.
     """
     path = Path(path)
+    unreadable = f"{path}: not a readable {{}} file (corrupt, or the wrong file)"
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as exc:
+            raise ValueError(unreadable.format("safetensors")) from exc
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except OSError:
+        raise
     except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"{path}: not loadable as plain weights ({exc}). If you trust the file, pass trust_pickle=True "
-            "(--trust-pickle)."
-        ) from exc
+        if not trust_pickle and (refused := _NOT_ALLOWLISTED.search(str(exc))):
+            raise ValueError(
+                f"{path}: pickles {refused[1]}, which loading plain weights refuses. If you trust the "
+                "file's source, pass trust_pickle=True (--trust-pickle); it runs code from the file."
+            ) from exc
+        raise ValueError(unreadable.format("PyTorch checkpoint")) from exc
+    except Exception as exc:  # a broken file fails wherever torch or pickle trips, with many types
+        if trust_pickle and isinstance(exc, ImportError | AttributeError):
+            raise ValueError(f"{path}: its pickled objects need code that is not installed ({exc})") from exc
+        raise ValueError(unreadable.format("PyTorch checkpoint")) from exc
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint dict")
     return checkpoint.get("state_dict", checkpoint)
 
 
@@ -135,10 +157,16 @@ def convert_compvis_ldm(
     overwrite: bool = False,
 ) -> Path:
     """Convert a CompVis LDM checkpoint + its YAML config into ``out_dir/{vqvae,unet,scheduler}``."""
+    for what, path in (("checkpoint", ckpt_path), ("config", config_yaml)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{what} {path} does not exist or is not a file")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (overwrite=True / --overwrite to replace it)")
-    config = yaml.safe_load(Path(config_yaml).read_text())
+    try:
+        config = yaml.safe_load(Path(config_yaml).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{config_yaml}: not a readable YAML config ({exc})") from exc
     state = load_compvis_state_dict(ckpt_path, trust_pickle)
     if not any(k.startswith(VQ_PREFIX) for k in state):
         raise ValueError(f"{ckpt_path}: no {VQ_PREFIX}* keys; is this a CompVis LatentDiffusion checkpoint?")
@@ -166,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickled objects")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    out = convert_compvis_ldm(
-        args.ckpt, args.config, args.out, args.extract_ema, args.trust_pickle, args.overwrite
-    )
+    try:  # these are the user's inputs being wrong or unsupported: a message, not a traceback
+        out = convert_compvis_ldm(
+            args.ckpt, args.config, args.out, args.extract_ema, args.trust_pickle, args.overwrite
+        )
+    except (OSError, ValueError, NotImplementedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out}/vqvae, {out}/unet, {out}/scheduler")
     return 0
