@@ -45,6 +45,14 @@ class FCAECLI(LightningCLI):
         parser.link_arguments("data.num_voxels", "model.init_args.num_voxels", apply_on="instantiate")
         parser.set_defaults({"trainer.precision": default_precision()})
 
+    def before_fit(self) -> None:
+        """``fast_dev_run`` is a smoke test and must not write checkpoints, but Lightning 2.6's
+        ``ModelCheckpoint.on_train_end`` still saves ``last.ckpt`` after one: it would replace the
+        trained checkpoint that the next stage reads."""
+        if self.trainer.fast_dev_run:
+            for callback in self.trainer.checkpoint_callbacks:
+                callback.save_last = False
+
 
 def run_lightning_cli(args: list[str] | None = None) -> FCAECLI:
     import lightning as L
@@ -60,9 +68,42 @@ def run_lightning_cli(args: list[str] | None = None) -> FCAECLI:
     )
 
 
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user's mistake behind ``exc``, if it is one: a :class:`DatasetError` or missing file anywhere
+    in its chain, or a ValueError this package raised to refuse a setting. jsonargparse wraps what a
+    class raised while being built from the config in its own error, so it is found through
+    ``__cause__``."""
+    from .data.schema import DatasetError
+
+    while exc is not None:
+        if isinstance(exc, (DatasetError, FileNotFoundError)):
+            return exc
+        if isinstance(exc, ValueError) and exc.__traceback__ is not None:
+            frame = exc.__traceback__
+            while frame.tb_next is not None:
+                frame = frame.tb_next
+            if Path(frame.tb_frame.f_code.co_filename).is_relative_to(Path(__file__).parent):
+                return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_cli_for_users(args: list[str] | None = None) -> None:
+    """:func:`run_lightning_cli` for the command line: a bad path or a refused setting prints one
+    ``error:`` line (exit 2) instead of two chained tracebacks; anything else is raised as it is."""
+    try:
+        run_lightning_cli(args)
+    except Exception as exc:
+        mistake = user_error(exc)
+        if mistake is None:
+            raise
+        print(f"error: {mistake}", file=sys.stderr)
+        sys.exit(2)
+
+
 def lightning_main() -> None:
     """The ``lightning`` command: ``lightning fit --config X.yaml``."""
-    run_lightning_cli()
+    run_cli_for_users()
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -135,10 +176,23 @@ def _counts(manifest) -> str:
     return ", ".join(f"{name} {split.samples}" for name, split in manifest.splits.items())
 
 
+EXTRA_COMMANDS = """lightning-fcae: LightningCLI's fit / validate / test / predict (below), and
+  data {synth,check,inspect,nsd}   create, check and look at datasets
+  pipeline --plan PLAN --out DIR   every stage of the paper's experiments in order (make demo)
+  reconstruct --ckpt CKPT ...      stage-3 test-set reconstructions, grid and metrics
+  report RUN_DIR                   report.html and Tables 2 / 3 of a pipeline run
+  convert-ldm CKPT --config YAML   a CompVis LDM checkpoint -> a diffusers directory
+each with its own --help.
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``lightning-fcae`` command: LightningCLI subcommands plus ``data ...``, ``convert-ldm``,
     ``reconstruct``, ``pipeline`` and ``report``."""
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(EXTRA_COMMANDS)
     if argv and argv[0] == "convert-ldm":
         from .models.ldm_convert import main as convert_ldm
 
@@ -163,4 +217,5 @@ def main(argv: list[str] | None = None) -> None:
         except (DatasetError, FileExistsError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
-    run_lightning_cli(argv)
+    # LightningCLI reads sys.argv itself (and warns when handed it as ``args``)
+    run_cli_for_users(None if from_command_line else argv)

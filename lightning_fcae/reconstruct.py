@@ -200,8 +200,8 @@ def reconstruct(
     data_dir: str | Path,
     split: str = "test",
     out: str | Path = "reconstructions",
-    steps: int = 50,
-    guidance: float = 3.0,
+    steps: int | None = None,
+    guidance: float | None = None,
     samples: int = 1,
     batch_size: int = 16,
     seed: int = 0,
@@ -215,10 +215,13 @@ def reconstruct(
     """Reconstruct ``split`` (repeats averaged) into ``out`` and return the metrics written to
     ``out/metrics.json`` (see the module doc). ``clip_model`` (+ ``clip_pretrained``, a local file or
     open_clip tag) adds the CLIP scores; ``batch_size`` is how many fMRI samples are read, sampled and
-    CLIP-embedded at a time (the UNet runs on up to ``2 x samples x batch_size`` latents)."""
+    CLIP-embedded at a time (the UNet runs on up to ``2 x samples x batch_size`` latents). ``steps`` and
+    ``guidance`` default to the checkpoint's ``sample_steps`` and ``guidance_scale``."""
     out = Path(out)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_finetune(ckpt).to(device).eval()
+    steps = steps or model.hparams.sample_steps
+    guidance = model.hparams.guidance_scale if guidance is None else guidance
     data = NSDDataModule(
         str(data_dir),
         subjects=subjects,
@@ -296,8 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", dest="data_dir", required=True, help="dataset directory or URL")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="DDIM steps (default: the model's sample_steps)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="guidance scale (default: the model's guidance_scale)"
+    )
     parser.add_argument("--samples", type=int, default=1, help="reconstructions per sample")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

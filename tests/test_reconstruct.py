@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
     data = _textured_dataset(root / "data")
     L.seed_everything(0)
     trainer = _trainer(root, max_steps=3, limit_val_batches=0)
-    trainer.fit(LDMFinetune(V, condition_tokens=8, lr=1e-3), _datamodule(data))
+    trainer.fit(LDMFinetune(V, condition_tokens=8, lr=1e-3, sample_steps=2), _datamodule(data))
     trainer.save_checkpoint(root / "ldm.ckpt")
     return data, root / "ldm.ckpt"
 
@@ -127,6 +127,15 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
 
     with pytest.raises(ReconstructionError, match="steps"):  # other settings would mix two runs' images
         reconstruct(ckpt, data, out=out, steps=4, progress=False)
+
+
+def test_sampling_settings_default_to_the_checkpoints(trained, tmp_path):
+    """Without --steps / --guidance, reconstruct samples as the model was configured to (its
+    ``sample_steps`` and ``guidance_scale``), not with a default of its own."""
+    data, ckpt = trained
+    reconstruct(ckpt, data, out=tmp_path / "out", n_way=2, progress=False)
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert (settings["steps"], settings["guidance"]) == (2, 3.0)
 
 
 def test_cli_reconstruct_and_clear_errors(trained, tmp_path, capsys):

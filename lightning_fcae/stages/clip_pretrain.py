@@ -16,6 +16,7 @@ import lightning as L
 import open_clip
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from open_clip.loss import ClipLoss
 from torchvision.transforms import v2
 
@@ -143,9 +144,11 @@ class ClipPretrain(L.LightningModule):
         return path
 
     def on_train_end(self) -> None:
-        if self.hparams.export_path and self.trainer.is_global_zero:
+        if self.trainer.fast_dev_run:  # a smoke test must not replace trained weights
+            rank_zero_info(f"fast_dev_run: nothing exported to {self.hparams.export_path}")
+        elif self.hparams.export_path and self.trainer.is_global_zero:
             path = self.export(self.hparams.export_path)
-            self.print(
+            rank_zero_info(
                 f"exported {self.hparams.architecture} to {path}: use clip_model: {self.hparams.architecture}, "
                 f"clip_pretrained: {path}"
             )

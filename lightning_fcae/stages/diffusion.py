@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, VQModel
 from einops import rearrange
+from lightning.pytorch.utilities import rank_zero_info
 
 from ..models.ldm import (
     LDM,
@@ -249,7 +250,9 @@ class LDMFinetune(L.LightningModule):
             "unet (frozen)": sum(p.numel() for p in self.unet.parameters() if not p.requires_grad),
             "vq (frozen)": sum(p.numel() for p in self.vq.parameters()),
         }
-        self.print("LDMFinetune parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+        rank_zero_info(
+            "LDMFinetune parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
+        )
 
 
 class LDMPretrain(L.LightningModule):
@@ -359,5 +362,9 @@ class LDMPretrain(L.LightningModule):
         return save_ldm(LDM(self.vq, self.unet, self.noise_scheduler), root)
 
     def on_train_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            self.print(f"exported the {self.hparams.stage} stage to {self.export(self.hparams.export_dir)}")
+        if self.trainer.fast_dev_run:  # a smoke test must not replace a trained export
+            rank_zero_info(f"fast_dev_run: nothing exported to {self.hparams.export_dir}")
+        elif self.hparams.export_dir and self.trainer.is_global_zero:
+            rank_zero_info(
+                f"exported the {self.hparams.stage} stage to {self.export(self.hparams.export_dir)}"
+            )

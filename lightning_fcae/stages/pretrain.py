@@ -11,6 +11,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from ..models import FCAE, MAE, DecoderConfig, EncoderConfig, RegressorConfig, fcae_loss, mae_loss, model_size
 from ..models.dcmae import DCMAE, ImageGuidance, image_reconstruction_loss, info_nce, local_contrast
@@ -71,7 +72,7 @@ class MaskedPretrain(L.LightningModule):
 
     def on_fit_start(self) -> None:
         counts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in self.model.parameter_counts().items())
-        self.print(f"{type(self).__name__} parameters: {counts}")
+        rank_zero_info(f"{type(self).__name__} parameters: {counts}")
 
 
 def _sizes(size: ModelSize, encoder, regressor, decoder):
