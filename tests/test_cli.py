@@ -7,7 +7,11 @@ import json
 import pytest
 
 from lightning_fcae.cli import main
+from lightning_fcae.data.check import check_dataset
+from lightning_fcae.data.inspect import inspect_dataset
+from lightning_fcae.data.schema import Manifest, ShardIntegrityError
 
+from .conftest import write_toy_dataset
 from .nsd_fixture import write_fake_nsd
 
 
@@ -39,6 +43,34 @@ def test_synth_inspect_check(tmp_path, capsys):
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert _run(["data", "inspect", str(tmp_path / "nowhere")]) == 2
     assert "data synth" in capsys.readouterr().err
+    (tmp_path / "shards-only").mkdir()  # e.g. an interrupted write: shards but no manifest
+    assert _run(["data", "inspect", str(tmp_path / "shards-only")]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json is missing" in err and "data synth" in err and "data nsd" in err
+
+
+def test_truncated_shard_is_a_named_error(tmp_path, capsys):
+    root = write_toy_dataset(tmp_path / "toy")
+    manifest = Manifest.load(root)
+    shard = root / manifest.splits["train"].shards[0].path
+    shard.write_bytes(shard.read_bytes()[:20000])
+    # inspect compares sizes with the manifest even without --verify; check reads nothing broken
+    with pytest.raises(ShardIntegrityError, match=f"{shard.name}: 20000 bytes"):
+        inspect_dataset(root, grid=tmp_path / "grid.png")
+    assert _run(["data", "check", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and shard.name in err and "Traceback" not in err
+    # a manifest (wrongly) matching the cut file: reading the tar still names the shard
+    manifest.splits["train"].shards[0].bytes = shard.stat().st_size
+    manifest.save(root)
+    with pytest.raises(ShardIntegrityError, match=f"{shard.name}.*truncated"):
+        check_dataset(root)
+
+
+@pytest.mark.parametrize("n_way", ["0", "1"])
+def test_check_rejects_n_way_below_two(tmp_path, capsys, n_way):
+    assert _run(["data", "check", str(tmp_path / "any"), "--n-way", n_way]) == 2
+    assert "n_way must be >= 2" in capsys.readouterr().err
 
 
 def test_nsd_conversion_from_the_command_line(tmp_path, capsys):

@@ -113,8 +113,17 @@ def test_missing_dataset_names_the_fix(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="lightning-fcae data synth"):
         _datamodule(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetNotFoundError, match="manifest.json"):
+    with pytest.raises(DatasetNotFoundError, match="manifest.json.*lightning-fcae data synth"):
         _datamodule(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("batch_size", 0), ("batch_size", -1), ("num_workers", -1), ("patch_size", 0), ("sparsity", 1.0)],
+)
+def test_invalid_arguments_are_named(toy_dataset, argument, value):
+    with pytest.raises(ValueError, match=rf"{argument} must be .*got {value}"):
+        _datamodule(toy_dataset, **{argument: value})
 
 
 def test_manifest_that_disagrees_with_shards(toy_dataset):

@@ -193,8 +193,10 @@ def test_subject_without_sessions(fake, tmp_path):
 
 
 def test_missing_captions(fake, tmp_path):
-    with pytest.raises(DatasetError, match="coco_dir is required"):
+    with pytest.raises(DatasetError, match="coco_dir is required") as info:
         convert_nsd(fake["root"], tmp_path / "out", (1,), progress=False)
+    for name in ("--coco", "coco_dir=", "--allow-missing-captions", "allow_missing_captions=True"):
+        assert name in str(info.value)  # the fix for a CLI user and for a Python caller
     nsd_id = int(fake["trials"][1][1][0])  # the first image subj01 saw
     victim, coco_split = fake["coco"][nsd_id]
     path = fake["coco_dir"] / f"captions_{coco_split}.json"

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .schema import FMRI_KEY, IMAGE_KEYS, META_KEY, Manifest, ManifestError, SampleError
-from .shards import decode_fmri, decode_image, decode_json, iter_raw_samples, load_norm_stats
+from .schema import FMRI_KEY, IMAGE_KEYS, META_KEY, DatasetArgumentError, Manifest, ManifestError, SampleError
+from .shards import decode_fmri, decode_image, decode_json, load_norm_stats, read_shards
 
 _ALPHAS = np.logspace(-3, 3, 13)  # ridge penalties, relative to the mean squared singular value of train
 
@@ -42,7 +42,7 @@ def _load(
 ) -> _Split:
     n_voxels = manifest.subjects[subject]
     fmri, images, labels = [], [], []
-    for raw in iter_raw_samples(root / s.path for s in manifest.shards(split, [subject])):
+    for raw in read_shards(root, manifest.shards(split, [subject])):
         if limit is not None and len(fmri) >= limit:
             break
         key = raw["__key__"]
@@ -157,6 +157,15 @@ def check_dataset(
     top-1 (fewer ways if the test set is smaller) and ``label`` accuracy, each also for the shuffled
     control, plus chance levels. ``max_train`` caps train samples to bound memory and time on real data.
     """
+    # checked before any shard is read; a CLI typo then costs nothing and reads as a one-line error
+    for name, value, ok, rule in (
+        ("n_way", n_way, n_way >= 2, ">= 2 (the true image and at least one distractor)"),
+        ("trials", trials, trials >= 1, ">= 1"),
+        ("pixels", pixels, pixels >= 1, ">= 1"),
+        ("max_train", max_train, max_train is None or max_train >= 1, "None or >= 1"),
+    ):
+        if not ok:
+            raise DatasetArgumentError(f"data check: {name} must be {rule}, got {value!r}")
     root = Path(root)
     manifest = Manifest.load(root)
     norm = load_norm_stats(root, manifest)
@@ -165,8 +174,10 @@ def check_dataset(
         load = partial(_load, root, manifest, subject=subject, norm=norm[subject], pixels=pixels, label=label)
         train, val, test = load("train", limit=max_train), load("val", limit=None), load("test", limit=None)
         ways = min(n_way, len(test.fmri))
-        if ways < 2:
-            raise ValueError(f"{subject}: identification needs n_way >= 2 and >= 2 test samples, got {ways}")
+        if ways < 2:  # n_way >= 2 was checked above, so the test split is what is too small
+            raise ManifestError(
+                f"{root}: subject {subject} has {ways} test sample(s); identification needs 2"
+            )
         ridge = _Ridge(train.fmri)
         shuffled = np.random.default_rng([seed, index, 0]).permutation(len(train.fmri))
         real = _decode(ridge, np.arange(len(train.fmri)), train, val, test, ways, trials, [seed, index, 1])

@@ -27,7 +27,6 @@ import lightning as L
 import numpy as np
 import torch
 import webdataset as wds
-from webdataset.tariterators import tarfile_samples
 
 from .schema import (
     CAPTIONS_KEY,
@@ -39,9 +38,16 @@ from .schema import (
     ManifestError,
     SampleError,
     ShardCountError,
-    ShardIntegrityError,
 )
-from .shards import decode_fmri, decode_image, decode_json, load_norm_stats, sha256_file, validate_captions
+from .shards import (
+    ShardReader,
+    check_shard_file,
+    decode_fmri,
+    decode_image,
+    decode_json,
+    load_norm_stats,
+    validate_captions,
+)
 from .transforms import (
     RepeatMode,
     image_to_uint8_chw,
@@ -73,43 +79,6 @@ def read_manifest(data_dir: str) -> Manifest:
             return Manifest.from_dict(json.load(handle), origin=url)
     except FileNotFoundError as exc:
         raise DatasetNotFoundError(f"{url} not found") from exc
-
-
-def raise_shard_error(exn: Exception) -> bool:
-    """webdataset handler: a broken tar becomes a ShardIntegrityError naming the shard."""
-    if isinstance(exn, SampleError):
-        raise exn
-    source = next((a for a in exn.args if isinstance(a, str) and (".tar" in a)), "unknown shard")
-    raise ShardIntegrityError(
-        f"{source}: unreadable or truncated shard ({type(exn).__name__}: {exn})"
-    ) from exn
-
-
-class ShardReader:
-    """Pipeline stage: shard URLs -> raw samples, checking each shard's sample count.
-
-    A tar cut at a member boundary reads as a shorter, valid archive; counting against the
-    manifest is what turns that silent loss into a ShardIntegrityError. Images are not even read
-    from the tar when the stage does not need them.
-    """
-
-    def __init__(self, expected: dict[str, int], with_images: bool):
-        self.expected, self.with_images = expected, with_images
-
-    def _select(self, name: str) -> bool:
-        return self.with_images or not name.endswith(IMAGE_KEYS)
-
-    def __call__(self, src):
-        for item in src:
-            count = 0
-            for sample in tarfile_samples([item], handler=raise_shard_error, select_files=self._select):
-                count += 1
-                yield sample
-            url = item["url"]
-            if count != self.expected[url]:
-                raise ShardIntegrityError(
-                    f"{url}: read {count} samples, the manifest recorded {self.expected[url]} (truncated?)"
-                )
 
 
 class SampleDecoder:
@@ -226,8 +195,17 @@ class NSDDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        # fail here, naming the argument, not deep in a DataLoader (batch_size=0 was a ZeroDivisionError)
+        for name, value, ok, rule in (
+            ("batch_size", batch_size, batch_size >= 1, ">= 1"),
+            ("num_workers", num_workers, num_workers >= 0, ">= 0"),
+            ("patch_size", patch_size, patch_size >= 1, ">= 1"),
+            ("image_size", image_size, image_size is None or image_size >= 1, "None or >= 1"),
+            ("sparsity", sparsity, 0.0 <= sparsity < 1.0, "in [0, 1)"),
+            ("shuffle_buffer", shuffle_buffer, shuffle_buffer >= 0, ">= 0"),
+        ):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {value!r}")
         self.data_dir = str(data_dir)
         self.manifest = read_manifest(self.data_dir)
         wanted = list(self.manifest.subjects) if subjects is None else list(subjects)
@@ -282,14 +260,7 @@ class NSDDataModule(L.LightningDataModule):
         urls = []
         for shard in shards:
             path = Path(self.data_dir) / shard.path
-            if not path.exists():
-                raise ManifestError(f"{path} is listed in the manifest but missing on disk")
-            if path.stat().st_size != shard.bytes:
-                raise ShardIntegrityError(
-                    f"{path}: {path.stat().st_size} bytes, the manifest recorded {shard.bytes} (truncated or replaced?)"
-                )
-            if self.hparams.verify_shards and sha256_file(path) != shard.sha256:
-                raise ShardIntegrityError(f"{path}: sha256 differs from the manifest")
+            check_shard_file(path, shard, verify=self.hparams.verify_shards)
             urls.append(str(path))
         return urls
 

@@ -291,7 +291,8 @@ def convert_nsd(
     if coco_dir is None and not allow_missing_captions:
         raise DatasetError(
             "coco_dir is required: NSD captions come from COCO 2017 captions_train2017.json and "
-            "captions_val2017.json; pass coco_dir=... or allow_missing_captions=True for placeholders"
+            "captions_val2017.json; pass the folder holding them (--coco DIR, or coco_dir=... in Python), "
+            "or use placeholder captions (--allow-missing-captions, or allow_missing_captions=True)"
         )
     design = Design(_require(root / EXPDESIGN, "NSD experiment design"))
     stim_info = load_stim_info(_require(root / STIM_INFO, "NSD stimulus info"))

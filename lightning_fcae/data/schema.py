@@ -54,6 +54,14 @@ class ShardCountError(DatasetError):
     """Too few shards to give every rank x worker at least one (webdataset would hang or starve)."""
 
 
+class DatasetArgumentError(DatasetError, ValueError):
+    """An option of a dataset command is out of range (e.g. ``data check --n-way 0``).
+
+    A DatasetError, so ``lightning-fcae data`` prints it as a one-line error like the others, and a
+    ValueError, so Python callers catch it as the bad argument it is.
+    """
+
+
 def sample_key(subject: str, image_id: int, prefix: str = "nsd") -> str:
     """``subj01_nsd012345``: underscores only, because webdataset splits keys at dots."""
     key = f"{subject}_{prefix}{image_id:06d}"
@@ -149,15 +157,19 @@ class Manifest:
     @classmethod
     def load(cls, root: str | Path) -> Manifest:
         root = Path(root)
+        # both cases name the fix, as docs/data.md promises: how to create a dataset at this path
+        create = (
+            f"Create the synthetic benchmark with `lightning-fcae data synth --profile tiny --out {root}` "
+            f"or convert NSD with `lightning-fcae data nsd --root NSD_DIR --coco COCO_DIR --out {root}`"
+        )
         if not root.exists():
-            raise DatasetNotFoundError(
-                f"dataset directory {root} does not exist. Create the synthetic benchmark with "
-                f"`lightning-fcae data synth --profile tiny --out {root}` or convert NSD with "
-                f"`lightning-fcae data nsd --root NSD_DIR --out {root}`"
-            )
+            raise DatasetNotFoundError(f"dataset directory {root} does not exist. {create}")
         path = root / MANIFEST_NAME
         if not path.exists():
-            raise DatasetNotFoundError(f"{path} is missing: {root} is not a lightning-fcae dataset")
+            raise DatasetNotFoundError(
+                f"{path} is missing: {root} is not a lightning-fcae dataset (an interrupted write leaves "
+                f"shards but no manifest). {create}"
+            )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 from PIL import Image, UnidentifiedImageError
+from webdataset.tariterators import tarfile_samples
 
 from .. import __version__
 from .schema import (
@@ -32,6 +33,7 @@ from .schema import (
     ManifestError,
     SampleError,
     ShardInfo,
+    ShardIntegrityError,
     SplitInfo,
     sample_key,
 )
@@ -318,7 +320,72 @@ def decode_json(data: bytes, key: str, name: str) -> object:
         raise SampleError(f"{key}.{name}: invalid JSON ({exc})") from exc
 
 
+def raise_shard_error(exn: Exception) -> bool:
+    """webdataset handler: a broken tar becomes a ShardIntegrityError naming the shard."""
+    if isinstance(exn, SampleError):
+        raise exn
+    source = next((a for a in exn.args if isinstance(a, str) and (".tar" in a)), "unknown shard")
+    raise ShardIntegrityError(
+        f"{source}: unreadable or truncated shard ({type(exn).__name__}: {exn})"
+    ) from exn
+
+
+class ShardReader:
+    """Pipeline stage: shard URLs -> raw samples, checking each shard's sample count.
+
+    A tar cut at a member boundary reads as a shorter, valid archive; counting against the
+    manifest is what turns that silent loss into a ShardIntegrityError. Images are not even read
+    from the tar when the stage does not need them.
+    """
+
+    def __init__(self, expected: dict[str, int], with_images: bool):
+        self.expected, self.with_images = expected, with_images
+
+    def _select(self, name: str) -> bool:
+        return self.with_images or not name.endswith(IMAGE_KEYS)
+
+    def __call__(self, src):
+        for item in src:
+            count = 0
+            for sample in tarfile_samples([item], handler=raise_shard_error, select_files=self._select):
+                count += 1
+                yield sample
+            url = item["url"]
+            if count != self.expected[url]:
+                raise ShardIntegrityError(
+                    f"{url}: read {count} samples, the manifest recorded {self.expected[url]} (truncated?)"
+                )
+
+
+def check_shard_file(path: Path, shard: ShardInfo, verify: bool = False) -> None:
+    """Compare a local shard with its manifest entry before reading it.
+
+    The size is a stat, so it is always checked: it catches a truncated copy up front, naming the
+    shard, instead of a half-read epoch. The sha256 reads the whole file, so only on request.
+    """
+    if not path.exists():
+        raise ManifestError(f"{path} is listed in the manifest but missing on disk")
+    size = path.stat().st_size
+    if size != shard.bytes:
+        raise ShardIntegrityError(
+            f"{path}: {size} bytes, the manifest recorded {shard.bytes} (truncated or replaced?)"
+        )
+    if verify and sha256_file(path) != shard.sha256:
+        raise ShardIntegrityError(f"{path}: sha256 differs from the manifest")
+
+
+def read_shards(root: Path, shards: list[ShardInfo]):
+    """Raw samples of a local dataset's shards, with the checks the DataModule makes when streaming
+    (size, readable tar, sample count), so ``data check`` and ``inspect`` fail the same named way."""
+    paths = [str(root / shard.path) for shard in shards]
+    for path, shard in zip(paths, shards):
+        check_shard_file(Path(path), shard)
+    reader = ShardReader({path: shard.samples for path, shard in zip(paths, shards)}, with_images=True)
+    yield from reader({"url": path} for path in paths)
+
+
 def iter_raw_samples(paths: Iterable[str | Path]):
-    """Plain iteration over raw sample dicts of local shards (for inspection and checks)."""
+    """Plain iteration over raw sample dicts of local shards (no manifest needed); a broken tar still
+    raises a ShardIntegrityError naming it."""
     for path in paths:
-        yield from wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
+        yield from wds.WebDataset(str(path), shardshuffle=False, empty_check=False, handler=raise_shard_error)
