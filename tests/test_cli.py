@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,9 @@ from lightning_fcae.data.schema import Manifest, ShardIntegrityError
 
 from .conftest import write_toy_dataset
 from .nsd_fixture import write_fake_nsd
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "profiles" / "tiny.yaml"
 
 
 def _run(argv: list[str]) -> int:
@@ -80,3 +84,30 @@ def test_nsd_conversion_from_the_command_line(tmp_path, capsys):
     assert _run([*argv, "--coco", str(info["coco_dir"])]) == 0
     assert "wrote" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["source"]["converter"] == "nsd"
+
+
+def test_fit_setup_mistakes_are_one_error_line(toy_dataset, tmp_path, monkeypatch, capsys):
+    """A missing dataset, a missing checkpoint or a setting the package refuses is found while
+    LightningCLI builds the classes, and jsonargparse wraps it in a second traceback of its own: the
+    user gets the first error's message on one line instead."""
+    monkeypatch.chdir(tmp_path)
+    stage1 = ["fit", f"--config={REPO / 'configs' / 'stage1_fcae.yaml'}", f"--config={TINY}"]
+    stage2 = ["fit", f"--config={REPO / 'configs' / 'stage2_align.yaml'}", f"--data.data_dir={toy_dataset}"]
+    for argv, message in (
+        ([*stage1, f"--data.data_dir={tmp_path / 'nowhere'}"], "error: dataset directory"),
+        (
+            [*stage1, f"--data.data_dir={toy_dataset}", "--data.batch_size=0"],
+            "error: batch_size must be >= 1",
+        ),
+        ([*stage2, "--model.encoder_ckpt=missing.ckpt"], "error: [Errno 2] No such file or directory"),
+    ):
+        assert _run(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and "Traceback" not in err, err[-500:]
+
+
+def test_help_lists_the_extra_subcommands(capsys):
+    assert _run(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in ("data", "pipeline", "reconstruct", "report", "convert-ldm"))
+    assert "{fit,validate,test,predict}" in out  # LightningCLI's own help follows
