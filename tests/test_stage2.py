@@ -83,6 +83,14 @@ def test_loss_terms_follow_their_flags(flags, terms, toy_dataset, tmp_path):
         FCAEAlign(dm.num_voxels, use_image=False, use_text=False)
 
 
+def test_clip_token_count_mismatch_names_the_setting(synthetic_tiny, tmp_path):
+    """A cache of fcae-clip-tiny (17 tokens) under the config's default clip_tokens (65) is refused
+    with the settings to change, not a tensor-size error from deep in setup."""
+    dm = NSDDataModule(str(synthetic_tiny), batch_size=32, num_workers=0, clip_model="fcae-clip-tiny")
+    with pytest.raises(ValueError, match=r"\(17, 512\), the model expects \(65, 512\).*clip_tokens"):
+        _trainer(tmp_path, max_steps=0).fit(FCAEAlign(dm.num_voxels, clip_tokens=65), dm)
+
+
 def test_alignment_identifies_unseen_images_better_than_before(synthetic_tiny, tmp_path):
     """Cached features of a random-init tiny CLIP still tell images apart, so aligning to them must
     let fMRI identify held-out test images (2-way, per subject) better than the untrained aligner.

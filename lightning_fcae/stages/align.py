@@ -114,6 +114,13 @@ class FCAEAlign(L.LightningModule):
             from ..data.clip_cache import train_means
 
             means = train_means(cache)
+            expected = (self.hparams.clip_tokens, self.hparams.clip_dim)
+            if tuple(means["image_tokens"].shape) != expected:
+                raise ValueError(
+                    f"the CLIP cache ({data.hparams.clip_model}) has image tokens of shape "
+                    f"{tuple(means['image_tokens'].shape)}, the model expects {expected}: set "
+                    "model.init_args.clip_tokens / clip_dim to match (ViT-B-32: 50 x 512)"
+                )
             self.clip_token_mean.copy_(means["image_tokens"])
             self.clip_embed_mean.copy_(means["image_embed"])
             self.clip_text_mean.copy_(means["text_embed"])
