@@ -219,7 +219,7 @@ class Pipeline:
         stage_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(config, sort_keys=False))
         command = [sys.executable, "-m", "lightning_fcae", *args]
-        print(f"{label}: {' '.join(command[2:])}", flush=True)
+        print(f"{label}: python -m {' '.join(command[2:])}", flush=True)  # runnable as printed
         if self.dry_run:
             return
         start = time.monotonic()
@@ -329,13 +329,16 @@ class Pipeline:
             raise PlanError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
         if not (Path(self.data_dir) / "manifest.json").is_file() and "://" not in self.data_dir:
             raise PlanError(
-                f"no dataset at {self.data_dir}: run `lightning-fcae data synth` first (see README)"
+                f"no dataset at {self.data_dir}: create the synthetic benchmark with `lightning-fcae data "
+                f"synth --out {self.data_dir}` or convert NSD with `lightning-fcae data nsd ... --out "
+                f"{self.data_dir}` (docs/data.md)"
             )
         self.total_steps = self.count_steps(methods, seeds)
         clip = self.clip()
         ldm = self.ldm()
         summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
-        print(f"[pipeline {self.elapsed()}] all stages done", flush=True)
+        done = "dry run: configs written, nothing run" if self.dry_run else "all stages done"
+        print(f"[pipeline {self.elapsed()}] {done}", flush=True)
         return summaries
 
     def count_steps(self, methods: list[str], seeds: list[int]) -> int:
