@@ -1,6 +1,6 @@
 """Stage-1 training throughput: samples/s, tokens/s, peak memory and MFU, two modes side by side.
 
-    python benchmarks/stage1_throughput.py                       # GPU if present, else a CPU run
+    python benchmarks/stage1_throughput.py                       # GPU if present, else a small CPU run
     python benchmarks/stage1_throughput.py --sizes large --models mae fcae --batch 256
 
 Modes:
@@ -119,10 +119,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="+", default=["mae", "fcae"], choices=["mae", "fcae"])
-    parser.add_argument("--sizes", nargs="+", default=["base", "large"])
+    parser.add_argument(
+        "--sizes", nargs="+", default=None, help="default: base large on GPU, tiny small on CPU"
+    )
     parser.add_argument("--modes", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
     parser.add_argument(
-        "--voxels", type=int, default=15728, help="padded voxel count (paper: 15725 -> 15728)"
+        "--voxels",
+        type=int,
+        default=None,
+        help="padded voxels (default: 15728 on GPU, the paper's 15725 padded; "
+        "3936 on CPU, the small synthetic profile's)",
     )
     parser.add_argument(
         "--batch", type=int, nargs="+", default=None, help="one, or one per mode (e.g. 32 256)"
@@ -141,6 +147,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.type == "cuda"
     batches = args.batch or ([64, 256] if on_gpu else [2, 2])
+    args.sizes = args.sizes or (["base", "large"] if on_gpu else ["tiny", "small"])
+    args.voxels = args.voxels or (15728 if on_gpu else 3936)
     steps = args.steps or (20 if on_gpu else 2)
     warmup = args.warmup or (5 if on_gpu else 1)
     name = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
