@@ -90,14 +90,15 @@ def user_error(exc: BaseException) -> BaseException | None:
 
 def run_cli_for_users(args: list[str] | None = None) -> None:
     """:func:`run_lightning_cli` for the command line: a bad path or a refused setting prints one
-    ``error:`` line (exit 2) instead of two chained tracebacks; anything else is raised as it is."""
+    ``error:`` line (exit 2) instead of two chained tracebacks; anything else is raised as it is, and
+    ``LIGHTNING_FCAE_TRACEBACK=1`` raises everything (to debug where a refusal came from)."""
     try:
         run_lightning_cli(args)
     except Exception as exc:
         mistake = user_error(exc)
-        if mistake is None:
+        if mistake is None or os.environ.get("LIGHTNING_FCAE_TRACEBACK"):
             raise
-        print(f"error: {mistake}", file=sys.stderr)
+        print(f"error: {mistake}\n(LIGHTNING_FCAE_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         sys.exit(2)
 
 
