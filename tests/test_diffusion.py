@@ -435,6 +435,10 @@ def test_convert_missing_inputs_are_clear_errors(tmp_path, capsys):
     config.write_text("model: {}\n")
     assert str(tmp_path / "nope.yaml") in _convert_error(capsys, ckpt, tmp_path / "nope.yaml")
     assert str(tmp_path / "nope.ckpt") in _convert_error(capsys, tmp_path / "nope.ckpt", config)
+    torch.save({"state_dict": {"first_stage_model.x": torch.zeros(1)}}, ckpt)
+    assert "no model.params; expected a CompVis LatentDiffusion config" in _convert_error(
+        capsys, ckpt, config
+    )
 
 
 def _zip_of_notes() -> bytes:

@@ -76,6 +76,21 @@ def load_compvis_state_dict(path: str | Path, trust_pickle: bool = False) -> dic
     return checkpoint.get("state_dict", checkpoint)
 
 
+def check_latent_diffusion_config(config: object, path: str | Path) -> None:
+    """The keys the conversion reads, checked up front: any other YAML would fail as a bare KeyError."""
+    node, trail = config, []
+    for key in ("model", "params", "first_stage_config", "params", "ddconfig"):
+        if not isinstance(node, dict) or key not in node:
+            raise ValueError(
+                f"{path}: no {'.'.join([*trail, key])}; expected a CompVis LatentDiffusion config "
+                "(e.g. cin256-v2.yaml from the CompVis latent-diffusion repository)"
+            )
+        node, trail = node[key], [*trail, key]
+    params = config["model"]["params"]
+    if not isinstance(params.get("unet_config"), dict) or "params" not in params["unet_config"]:
+        raise ValueError(f"{path}: no model.params.unet_config.params; not a LatentDiffusion config")
+
+
 def vq_config_from_compvis(config: dict) -> dict:
     """diffusers VQModel kwargs from a CompVis LatentDiffusion config."""
     params = config["model"]["params"]
@@ -170,6 +185,7 @@ def convert_compvis_ldm(
     state = load_compvis_state_dict(ckpt_path, trust_pickle)
     if not any(k.startswith(VQ_PREFIX) for k in state):
         raise ValueError(f"{ckpt_path}: no {VQ_PREFIX}* keys; is this a CompVis LatentDiffusion checkpoint?")
+    check_latent_diffusion_config(config, config_yaml)
 
     vq_kwargs = vq_config_from_compvis(config)
     vq = build_vq(vq_kwargs)
