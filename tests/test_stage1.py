@@ -57,10 +57,38 @@ def test_a_rerun_replaces_the_checkpoint_the_next_stage_reads(toy_dataset, tmp_p
         )  # fmt: skip
         runs.append(cli.model.state_dict())
     folder = tmp_path / "checkpoints" / "stage1_fcae"
-    assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
+    assert not list(folder.glob("last-v*.ckpt"))
     saved = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     name = "model.encoder.patch_embed.proj.weight"
     assert torch.equal(saved[name], runs[1][name]) and not torch.equal(saved[name], runs[0][name])
+
+
+class Preempted(L.Callback):
+    """Ends a run at the start of its third epoch the way a crash or a preemption does: no
+    ``on_train_end``, so only what was saved along the way survives."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 2:
+            raise SystemExit("preempted")
+
+
+def test_an_interrupted_fit_resumes_from_last_ckpt(toy_dataset, tmp_path, monkeypatch):
+    """The stage configs' checkpointing leaves a last.ckpt behind a run that never finished (Lightning
+    2.6 writes ``last`` only beside a saved checkpoint, so ``save_top_k: 0`` would leave nothing), and
+    ``--ckpt_path`` to it continues at the step where the run stopped."""
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "fit", f"--config={REPO / 'configs' / 'stage1_fcae.yaml'}",
+        f"--config={REPO / 'configs' / 'profiles' / 'tiny.yaml'}", f"--data.data_dir={toy_dataset}",
+        "--data.batch_size=16", "--trainer.max_epochs=3",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="preempted"):
+        run_lightning_cli([*args, "--trainer.callbacks+=tests.test_stage1.Preempted"])
+    last = tmp_path / "checkpoints" / "stage1_fcae" / "last.ckpt"
+    steps_per_epoch = 96 // 16  # two subjects x 48 training samples
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2 * steps_per_epoch
+    cli = run_lightning_cli([*args, f"--ckpt_path={last}"])
+    assert cli.trainer.global_step == 3 * steps_per_epoch
 
 
 def _probe(module, dm, shuffle_labels=False) -> float:
