@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from .data.datamodule import NSDDataModule
 from .data.schema import DatasetError
+from .data.shards import sha256_file
 from .metrics.callbacks import comparison_grid, subject_scores
 from .models.ldm import vq_downsampling
 from .stages.diffusion import LDMFinetune
@@ -240,7 +241,9 @@ def reconstruct(
 
         clip = load_clip(clip_model, clip_pretrained).to(device)
     # what the PNGs depend on; checked once the inputs are known to be usable
-    settings = dict(ckpt=str(Path(ckpt).resolve()), split=split, steps=steps, guidance=guidance)
+    # the checkpoint by content: a retrained stage 3 replaces last.ckpt at the same path
+    settings = dict(ckpt=str(Path(ckpt).resolve()), ckpt_sha256=sha256_file(ckpt), split=split)
+    settings |= dict(steps=steps, guidance=guidance)
     settings |= dict(samples=samples, seed=seed)
     _check_settings(out, settings)
     for folder in ("images", "truth"):

@@ -127,6 +127,18 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
 
     with pytest.raises(ReconstructionError, match="steps"):  # other settings would mix two runs' images
         reconstruct(ckpt, data, out=out, steps=4, progress=False)
+    # a checkpoint retrained into the same path is another model, whatever its name
+    retrained = tmp_path / "retrained" / ckpt.name
+    retrained.parent.mkdir()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["state_dict"] = {
+        k: v + 1e-3 if v.is_floating_point() else v for k, v in state["state_dict"].items()
+    }
+    torch.save(state, retrained)
+    settings = json.loads((out / "settings.json").read_text())
+    (out / "settings.json").write_text(json.dumps(settings | {"ckpt": str(retrained.resolve())}))
+    with pytest.raises(ReconstructionError, match="ckpt_sha256"):
+        reconstruct(retrained, data, out=out, steps=3, progress=False)
 
 
 def test_sampling_settings_default_to_the_checkpoints(trained, tmp_path):
