@@ -100,9 +100,13 @@ def test_frozen_clip_stays_frozen(clip):
 def test_clip_pretrain_learns_and_exports(toy_dataset, tmp_path):
     L.seed_everything(0)
     data = NSDDataModule(str(toy_dataset), batch_size=16, num_workers=0, with_images=True)
-    export = tmp_path / "clip" / "fcae-clip-tiny.pt"
+    export = tmp_path / "clip" / "fcae-clip-tiny.pt"  # the file named after the architecture trained
     module = ClipPretrain(
-        data.num_voxels, "fcae-clip-tiny", lr=1e-3, warmup_fraction=0.1, export_path=str(export)
+        data.num_voxels,
+        "fcae-clip-tiny",
+        lr=1e-3,
+        warmup_fraction=0.1,
+        export_path=str(tmp_path / "clip" / "{architecture}.pt"),
     )
     fixed = next(iter(data.eval_dataloader("train")))  # 16 distinct images, no augmentation
     images, texts = fixed["image"].float() / 255, [c[0] for c in fixed["captions"]]
@@ -140,6 +144,8 @@ def test_clip_pretrain_learns_and_exports(toy_dataset, tmp_path):
     assert all(
         torch.equal(a, b) for a, b in zip(direct.state_dict().values(), loaded.model.state_dict().values())
     )
+    with pytest.raises(ValueError, match="does not fit fcae-clip-small.*another architecture"):
+        load_clip("fcae-clip-small", str(export))  # tiny weights under the small name
 
 
 def test_clip_cache(toy_dataset, clip, monkeypatch):

@@ -202,7 +202,13 @@ def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = N
             raise MissingWeightsError(
                 f"CLIP checkpoint {path} does not exist: clip_pretrained for {model_name} must be a local file{known}"
             )
-        model = open_clip.create_model(model_name, pretrained=str(path))
+        try:
+            model = open_clip.create_model(model_name, pretrained=str(path))
+        except (AssertionError, RuntimeError) as exc:  # open_clip's shape checks, load_state_dict
+            raise ValueError(
+                f"CLIP checkpoint {path} does not fit {model_name} ({exc}): was it trained as another "
+                "architecture? clip_model must name the architecture the weights were trained as"
+            ) from exc
         return FrozenClip(model, model_name, pretrained, checkpoint=path)
     try:
         local = open_clip.download_pretrained(cfg, cache_dir=cache_dir)

@@ -39,7 +39,8 @@ class ClipPretrain(L.LightningModule):
         lr / min_lr / warmup_fraction: linear warmup then cosine decay, per step.
         weight_decay: AdamW weight decay (not on norms, biases, class embedding, logit scale).
         crop_scale: area range of the random resized crop.
-        export_path: where ``on_train_end`` writes the open_clip state dict (None: do not export).
+        export_path: where ``on_train_end`` writes the open_clip state dict; ``{architecture}`` in it
+            becomes the architecture name (None: do not export).
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class ClipPretrain(L.LightningModule):
         warmup_fraction: float = 0.05,
         weight_decay: float = 0.2,
         crop_scale: tuple[float, float] = (0.6, 1.0),
-        export_path: str | None = "checkpoints/clip/fcae-clip-small.pt",
+        export_path: str | None = "checkpoints/clip/{architecture}.pt",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -147,7 +148,7 @@ class ClipPretrain(L.LightningModule):
         if self.trainer.fast_dev_run:  # a smoke test must not replace trained weights
             rank_zero_info(f"fast_dev_run: nothing exported to {self.hparams.export_path}")
         elif self.hparams.export_path and self.trainer.is_global_zero:
-            path = self.export(self.hparams.export_path)
+            path = self.export(self.hparams.export_path.format(architecture=self.hparams.architecture))
             rank_zero_info(
                 f"exported {self.hparams.architecture} to {path}: use clip_model: {self.hparams.architecture}, "
                 f"clip_pretrained: {path}"
