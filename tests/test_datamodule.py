@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -100,6 +101,22 @@ def test_training_epoch_has_fixed_length_and_sparsity_only_in_training(toy_datas
     assert 0.17 < zeroed < 0.23
     dm.trainer.training = False
     assert (dm.on_after_batch_transfer(dict(batch), 0)["fmri"] == 1).all()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_run_draws_the_data_of_its_epoch(toy_dataset, workers):
+    """Lightning builds a new train loader when a run resumes at epoch k: it must draw epoch k's
+    shards and shuffle, not replay epoch 0's (the same batches the model already trained on)."""
+
+    def keys(loader) -> list[str]:
+        return [key for batch in loader for key in batch["key"]]
+
+    loader = _datamodule(toy_dataset, num_workers=workers).train_dataloader()
+    epochs = [keys(loader) for _ in range(3)]
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    resumed = _datamodule(toy_dataset, num_workers=workers)
+    resumed.trainer = SimpleNamespace(current_epoch=2, world_size=1, global_rank=0)
+    assert keys(resumed.train_dataloader()) == epochs[2]
 
 
 def test_subject_selection(toy_dataset):

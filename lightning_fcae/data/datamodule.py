@@ -298,12 +298,17 @@ class NSDDataModule(L.LightningDataModule):
         batches_per_rank = max(1, self.num_samples("train") // (hp.batch_size * world))
         workers = max(1, hp.num_workers)
         urls = self._urls("train")
+        # resampled shards: each rank x worker draws shards at random, seeded per rank/worker and epoch
+        shards = wds.ResampledShards(urls, seed=hp.seed, deterministic=True)
+        # seeded (seed + epoch): a run is reproducible; ranks/workers already differ by shard draw
+        shuffle = wds.detshuffle(hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 100), seed=hp.seed)
+        # both count epochs from -1 (each pass adds one before drawing): a run resumed at epoch k must
+        # draw epoch k's data, not replay epoch 0's
+        shards.epoch = shuffle.epoch = (self.trainer.current_epoch if self.trainer is not None else 0) - 1
         pipeline = wds.DataPipeline(
-            # resampled shards: each rank x worker draws shards at random, seeded per rank/worker
-            wds.ResampledShards(urls, seed=hp.seed, deterministic=True),
+            shards,
             self._reader(urls, "train"),
-            # seeded (seed + epoch): a run is reproducible; ranks/workers already differ by shard draw
-            wds.detshuffle(hp.shuffle_buffer, initial=min(hp.shuffle_buffer, 100), seed=hp.seed),
+            shuffle,
             wds.map(self._decoder(hp.train_repeats)),
             wds.batched(hp.batch_size, collation_fn=collate, partial=False),
         ).with_epoch(math.ceil(batches_per_rank / workers))
