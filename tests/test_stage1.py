@@ -91,6 +91,15 @@ def test_an_interrupted_fit_resumes_from_last_ckpt(toy_dataset, tmp_path, monkey
     assert cli.trainer.global_step == 3 * steps_per_epoch
 
 
+def test_validation_loss_is_repeatable(toy_dataset, tmp_path):
+    """Masks in validation are seeded per batch: validating the same weights twice gives the same
+    val/loss (fit's figure can be checked later with `lightning validate`)."""
+    dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, with_images=False)
+    module = FCAEPretrain(dm.num_voxels, size="tiny")
+    first, second = (_trainer(tmp_path).validate(module, dm, verbose=False)[0]["val/loss"] for _ in range(2))
+    assert first == second
+
+
 def _probe(module, dm, shuffle_labels=False) -> float:
     train_x, train_y = probe_features(module, dm, "train", "shape", pool="tokens")
     if shuffle_labels:

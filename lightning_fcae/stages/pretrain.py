@@ -56,7 +56,12 @@ class MaskedPretrain(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        losses = self.batch_losses(batch)
+        # masks seeded by batch index, on a forked RNG: val/loss compares across epochs, equals what
+        # `lightning validate` gives for the same weights, and leaves the training RNG stream untouched
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(batch_idx)
+            losses = self.batch_losses(batch)
         self.log_dict(
             {f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch["key"])
         )
