@@ -53,6 +53,19 @@ class FCAECLI(LightningCLI):
             for callback in self.trainer.checkpoint_callbacks:
                 callback.save_last = False
 
+    def before_predict(self) -> None:
+        """From the command line ``predict`` keeps nothing unless a callback writes the predictions:
+        say so before sampling a whole split for nothing."""
+        from lightning.pytorch.callbacks import BasePredictionWriter
+        from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
+            raise MisconfigurationException(
+                "`predict` from the command line writes nothing without a BasePredictionWriter callback "
+                "(--trainer.callbacks+=...); for stage-3 reconstructions use `lightning-fcae reconstruct`, "
+                "which writes PNGs, a grid and metrics"
+            )
+
 
 def run_lightning_cli(args: list[str] | None = None) -> FCAECLI:
     import lightning as L
@@ -69,14 +82,16 @@ def run_lightning_cli(args: list[str] | None = None) -> FCAECLI:
 
 
 def user_error(exc: BaseException) -> BaseException | None:
-    """The user's mistake behind ``exc``, if it is one: a :class:`DatasetError` or missing file anywhere
-    in its chain, or a ValueError this package raised to refuse a setting. jsonargparse wraps what a
-    class raised while being built from the config in its own error, so it is found through
-    ``__cause__``."""
+    """The user's mistake behind ``exc``, if it is one: a :class:`DatasetError`, a missing file or
+    Lightning's MisconfigurationException anywhere in its chain, or a ValueError this package raised
+    to refuse a setting. jsonargparse wraps what a class raised while being built from the config in
+    its own error, so it is found through ``__cause__``."""
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
     from .data.schema import DatasetError
 
     while exc is not None:
-        if isinstance(exc, (DatasetError, FileNotFoundError)):
+        if isinstance(exc, (DatasetError, FileNotFoundError, MisconfigurationException)):
             return exc
         if isinstance(exc, ValueError) and exc.__traceback__ is not None:
             frame = exc.__traceback__

@@ -100,6 +100,11 @@ def test_fit_setup_mistakes_are_one_error_line(toy_dataset, tmp_path, monkeypatc
             "error: batch_size must be >= 1",
         ),
         ([*stage2, "--model.encoder_ckpt=missing.ckpt"], "error: [Errno 2] No such file or directory"),
+        # predict keeps nothing from the command line without a writer: refused before sampling
+        (
+            ["predict", *stage1[1:], f"--data.data_dir={toy_dataset}"],
+            "error: `predict` from the command line",
+        ),
     ):
         assert _run(argv) == 2
         err = capsys.readouterr().err
