@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -17,6 +18,7 @@ from lightning_fcae.metrics.probe import LinearProbe, pool_latents, probe_featur
 from lightning_fcae.models import FCAE, MAE, model_size
 from lightning_fcae.stages import FCAEPretrain, MAEPretrain, load_pretrained
 from lightning_fcae.stages.optim import adamw, warmup_cosine
+from lightning_fcae.stages.seeding import reseed_for_rank_and_step
 from tests.ddp import REPO, run_ranks
 
 
@@ -204,3 +206,17 @@ def test_two_process_ddp_matches_one_process(toy_dataset, tmp_path):
     # can flip it, so per-tensor sums agree to a few lr (1.7e-3) rather than to float precision
     np.testing.assert_allclose(one["weights"], two["weights"], rtol=1e-4, atol=1e-2)
     assert two["batches_per_rank"] == [two["expected_batches"]] * 2
+
+
+def test_training_draws_differ_by_rank_and_step_but_repeat_per_run(monkeypatch):
+    """Every DDP rank runs seed_everything(seed): without reseeding per rank they would all draw the
+    same masks, noise and timesteps; a resumed run (later step) must not replay step 0's draws."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+
+    def draws(rank: int, step: int) -> torch.Tensor:
+        reseed_for_rank_and_step(SimpleNamespace(global_rank=rank, global_step=step))
+        return torch.rand(4)
+
+    first = draws(0, 0)
+    assert not torch.equal(first, draws(1, 0)) and not torch.equal(first, draws(0, 500))
+    assert torch.equal(first, draws(0, 0))

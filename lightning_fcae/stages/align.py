@@ -13,7 +13,6 @@ import contextlib
 import math
 from typing import Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
@@ -24,11 +23,12 @@ from ..metrics.identification import NWayIdentification
 from ..models.align import FMRIAligner, token_cosine_loss
 from .optim import adamw_warmup_cosine
 from .pretrain import build_stage1, load_pretrained, stage1_hparams
+from .seeding import RankSeededModule
 
 CLIP_KEYS = ("clip_image_tokens", "clip_image_embed", "clip_text_embed")
 
 
-class FCAEAlign(L.LightningModule):
+class FCAEAlign(RankSeededModule):
     """Aligns the stage-1 encoder (+ regressor) to frozen CLIP image tokens and caption embeddings.
 
     Args:

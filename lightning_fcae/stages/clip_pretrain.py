@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning as L
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -22,9 +21,10 @@ from torchvision.transforms import v2
 
 from ..models.clip import encode_captions, preprocess, preprocess_constants
 from .optim import adamw_warmup_cosine
+from .seeding import RankSeededModule
 
 
-class ClipPretrain(L.LightningModule):
+class ClipPretrain(RankSeededModule):
     """Contrastive image-caption training of an open_clip model from scratch.
 
     Each step pairs every image with one of its captions drawn at random; images get a random

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, VQModel
@@ -43,6 +42,7 @@ from ..models.vit import FMRIEncoder
 from ..sampling import sample_images
 from .optim import adamw_warmup_cosine
 from .pretrain import ModelSize, load_pretrained
+from .seeding import RankSeededModule
 
 
 def load_fmri_encoder(path: str) -> FMRIEncoder:
@@ -81,7 +81,7 @@ def diffusion_loss(
     return F.mse_loss(unet(noisy, t, **cond).sample.float(), target.float())
 
 
-class LDMFinetune(L.LightningModule):
+class LDMFinetune(RankSeededModule):
     """The paper's stage 3: ``E || eps - eps_theta(z_t, t, tau(fMRI)) ||^2`` with tau = fMRI encoder +
     :class:`FMRIConditioner`.
 
@@ -255,7 +255,7 @@ class LDMFinetune(L.LightningModule):
         )
 
 
-class LDMPretrain(L.LightningModule):
+class LDMPretrain(RankSeededModule):
     """The synthetic benchmark's stand-in for a pretrained LDM, trained in two runs (``stage``):
 
     * ``vq``: the VQ autoencoder, loss ``L1(x_rec, x) + commit_weight * commitment`` (diffusers'

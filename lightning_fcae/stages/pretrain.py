@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -17,11 +16,12 @@ from ..models import FCAE, MAE, DecoderConfig, EncoderConfig, RegressorConfig, f
 from ..models.dcmae import DCMAE, ImageGuidance, image_reconstruction_loss, info_nce, local_contrast
 from ..models.vit import unpatchify
 from .optim import adamw_warmup_cosine
+from .seeding import RankSeededModule
 
 ModelSize = Literal["tiny", "small", "base", "large"]
 
 
-class MaskedPretrain(L.LightningModule):
+class MaskedPretrain(RankSeededModule):
     """What the stage-1 modules share: schedule, logging, compile, the pooled embedding."""
 
     model: FCAE | MAE | DCMAE
