@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -71,10 +72,14 @@ def test_batches_are_padded_normalised_and_labelled(toy_dataset):
     assert isinstance(batch["captions"][0], list)
 
 
-def test_eval_split_yields_every_sample_once_across_workers(toy_dataset):
-    dm = _datamodule(toy_dataset, num_workers=2)
-    keys = [k for b in dm.test_dataloader() for k in b["key"]]
-    assert len(keys) == len(set(keys)) == dm.num_samples("test") == 16
+@pytest.mark.parametrize(("workers", "batch_size"), [(0, 16), (2, 16), (2, 3)])
+def test_eval_split_yields_every_sample_once_across_workers(toy_dataset, workers, batch_size):
+    """Lightning runs ``len(loader)`` eval batches: that count must cover every sample, although each
+    worker ends its own stream with a partial batch (2 workers x 8 samples at batch 16: 2 batches)."""
+    loader = _datamodule(toy_dataset, num_workers=workers, batch_size=batch_size).test_dataloader()
+    keys = [k for b in itertools.islice(loader, len(loader)) for k in b["key"]]
+    assert len(keys) == len(set(keys)) == 16
+    assert len(list(loader)) == len(loader)  # and no batch beyond it
 
 
 def test_test_repeats_are_averaged_unless_asked(toy_dataset):

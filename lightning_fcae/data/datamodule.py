@@ -332,9 +332,17 @@ class NSDDataModule(L.LightningDataModule):
             wds.map(self._decoder(self.hparams.eval_repeats)),
             wds.batched(self.hparams.batch_size, collation_fn=collate, partial=True),
         )
-        return self._loader(
-            pipeline, workers, math.ceil(self.num_samples(split) / self.hparams.batch_size / world)
-        )
+        return self._loader(pipeline, workers, self._eval_batches(split, workers))
+
+    def _eval_batches(self, split: str, workers: int) -> int:
+        """How many batches this rank's eval loader yields, which Lightning takes as the number to run:
+        rank r streams the shards ``r::world`` (split_by_node), worker w of them ``w::workers``
+        (split_by_worker), and every worker batches its own stream, ending in a partial batch. One
+        count over the whole split would stop early and leave samples unscored."""
+        world, rank = self._world()
+        counts = [s.samples for s in self.manifest.shards(split, list(self.subjects))][rank::world]
+        streams = [counts[w::workers] for w in range(workers)] if workers > 0 else [counts]
+        return sum(math.ceil(sum(stream) / self.hparams.batch_size) for stream in streams)
 
     def _loader(self, pipeline: wds.DataPipeline, workers: int, length: int) -> wds.WebLoader:
         loader = wds.WebLoader(
