@@ -136,6 +136,18 @@ def test_fcae_learns_on_synthetic_benchmark(synthetic_tiny, tmp_path):
     assert 0.0 <= trainer.callback_metrics["probe/shape_acc"] <= 1.0
 
 
+def test_probe_of_a_label_the_dataset_lacks_warns_and_training_goes_on(toy_dataset, tmp_path):
+    """The stage-1 configs probe the synthetic `shape` label; on NSD (COCO categories, or none) the
+    probe must step aside with a warning instead of ending the first epoch with a KeyError."""
+    dm = NSDDataModule(str(toy_dataset), batch_size=16, num_workers=0, with_images=False)
+    probe = LinearProbe("category")
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[probe])
+    with pytest.warns(UserWarning, match="LinearProbe off: no train sample has the label 'category'"):
+        trainer.fit(FCAEPretrain(dm.num_voxels, size="tiny"), dm)
+    assert trainer.current_epoch == 2 and probe.unavailable
+    assert "probe/category_acc" not in trainer.callback_metrics
+
+
 def test_ridge_probe_on_known_features():
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3

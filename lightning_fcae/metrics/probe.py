@@ -18,6 +18,7 @@ from typing import Literal
 import lightning as L
 import torch
 from einops import rearrange
+from lightning.pytorch.utilities import rank_zero_warn
 
 Pooling = Literal["groups", "mean", "tokens"]
 
@@ -79,6 +80,8 @@ def probe_features(
     pl_module.eval()
     features, labels, seen = [], [], 0
     for batch in datamodule.eval_dataloader(split):
+        if label not in batch["labels"]:  # no sample of this batch carries the label
+            continue
         keep = batch["labels"][label] >= 0
         latents = pl_module.latents(batch["fmri"].to(pl_module.device))
         features.append(pool_latents(latents, pool, groups)[keep.to(pl_module.device)].cpu())
@@ -87,6 +90,11 @@ def probe_features(
         if max_samples is not None and seen >= max_samples:
             break
     pl_module.train(was_training)
+    if not seen:
+        raise ValueError(
+            f"no {split} sample has the label {label!r} (synthetic data: shape, color, count; NSD: COCO "
+            "categories, only when the conversion had COCO instances)"
+        )
     return torch.cat(features)[:max_samples], torch.cat(labels)[:max_samples]
 
 
@@ -114,13 +122,21 @@ class LinearProbe(L.Callback):
     ):
         self.label, self.pool, self.groups, self.alpha = label, pool, groups, alpha
         self.max_train_samples, self.every_n_epochs = max_train_samples, every_n_epochs
+        self.unavailable = False  # set when the dataset has no sample with ``label``
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or self.unavailable or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        features = [
-            probe_features(pl_module, trainer.datamodule, split, self.label, self.pool, self.groups, cap)
-            for split, cap in (("train", self.max_train_samples), ("val", None))
-        ]
+        try:
+            features = [
+                probe_features(pl_module, trainer.datamodule, split, self.label, self.pool, self.groups, cap)
+                for split, cap in (("train", self.max_train_samples), ("val", None))
+            ]
+        except (
+            ValueError
+        ) as exc:  # a probe is a diagnostic: a dataset without its label must not end training
+            rank_zero_warn(f"LinearProbe off: {exc}; set its `label` to one the dataset has, or remove it")
+            self.unavailable = True
+            return
         accuracy = ridge_probe_accuracy(*features[0], *features[1], self.alpha)
         pl_module.log(f"probe/{self.label}_acc", accuracy, sync_dist=True)
