@@ -100,6 +100,17 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+PLAN_KEYS = {"data_dir", "clip_model", "clip_pretrained", "pretrained_ldm", "stages", "reconstruct"}
+RUN_OPTIONS = {"ckpt", "data_dir", "out", "seed", "clip_model", "clip_pretrained"}  # the pipeline's own
+
+
+def reconstruct_options() -> set[str]:
+    """What a plan's ``reconstruct:`` may set: the command's options less those each run fills in."""
+    from .reconstruct import build_parser
+
+    return {action.dest for action in build_parser()._actions if action.dest != "help"} - RUN_OPTIONS
+
+
 def changed_keys(old, new, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two configs (a list compares as a whole)."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -160,8 +171,19 @@ class Pipeline:
 
     def __init__(self, plan: dict, out: Path, configs: Path, dry_run: bool = False):
         self.plan, self.out, self.configs, self.dry_run = plan, out, configs, dry_run
+        unknown = set(plan) - PLAN_KEYS
+        if unknown:
+            raise PlanError(f"plan: unknown keys {sorted(unknown)}; known: {', '.join(sorted(PLAN_KEYS))}")
         self.data_dir = str(plan["data_dir"])
         self.overrides = plan.get("stages") or {}
+        if not isinstance(plan.get("reconstruct") or {}, dict):
+            raise PlanError("plan: reconstruct must be a mapping of lightning-fcae reconstruct options")
+        options = reconstruct_options()
+        unknown = set(plan.get("reconstruct") or {}) - options
+        if unknown:  # found now, not after every stage has trained
+            raise PlanError(
+                f"plan: unknown reconstruct options {sorted(unknown)}; known: {', '.join(sorted(options))}"
+            )
         unknown = set(self.overrides) - {*STAGE_CONFIGS, "stage1", "stage1_image"}
         if unknown:
             known = ", ".join(["stage1", "stage1_image", *STAGE_CONFIGS])
@@ -324,6 +346,7 @@ class Pipeline:
 
     # --- everything -------------------------------------------------------------------------------
     def __call__(self, methods: list[str], seeds: list[int]) -> list[dict]:
+        methods, seeds = list(dict.fromkeys(methods)), list(dict.fromkeys(seeds))  # each runs once
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise PlanError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
@@ -365,13 +388,21 @@ def parameter_counts(root: Path) -> dict[str, int]:
     return counts
 
 
+def seed_value(text: str) -> int:
+    """A ``--seeds`` entry: numpy and Lightning take seeds in [0, 2**32)."""
+    seed = int(text)
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"seeds must be in [0, 2**32), got {seed}")
+    return seed
+
+
 def main(argv: list[str] | None = None) -> int:
     """``lightning-fcae pipeline --plan PLAN --out DIR [--methods ...] [--seeds ...]``."""
     parser = argparse.ArgumentParser(prog="lightning-fcae pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--plan", type=Path, required=True, help="experiments/demo.yaml or paper.yaml")
     parser.add_argument("--out", type=Path, required=True, help="run folder (a rerun resumes)")
     parser.add_argument("--methods", nargs="+", default=["fcae"], help=f"of {', '.join(METHODS)}")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=seed_value, default=[0])
     parser.add_argument("--data", default=None, help="dataset directory (default: the plan's data_dir)")
     parser.add_argument("--configs", type=Path, default=Path("configs"), help="the stage configs' folder")
     parser.add_argument("--dry-run", action="store_true", help="write the configs, print the commands")

@@ -295,8 +295,8 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``lightning-fcae reconstruct --ckpt CKPT --data DIR --out DIR [...]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options (also what a pipeline plan's ``reconstruct:`` section may set)."""
     parser = argparse.ArgumentParser(prog="lightning-fcae reconstruct", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, required=True, help="LDMFinetune (stage 3) checkpoint")
     parser.add_argument("--data", dest="data_dir", required=True, help="dataset directory or URL")
@@ -317,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-way", type=int, default=50)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lightning-fcae reconstruct --ckpt CKPT --data DIR --out DIR [...]``."""
+    args = build_parser().parse_args(argv)
     try:
         metrics = reconstruct(**vars(args))
     except (ReconstructionError, FileNotFoundError, DatasetError) as exc:

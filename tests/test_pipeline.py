@@ -136,6 +136,13 @@ def test_bad_plans_are_named_errors(tmp_path, synthetic_tiny, capsys):
         Pipeline({"data_dir": str(synthetic_tiny), "stages": {"stage1": [1]}}, tmp_path, Path("configs"))
     with pytest.raises(PlanError, match="without clip_model"):
         Pipeline({"data_dir": str(synthetic_tiny), "clip_pretrained": "x.pt"}, tmp_path, Path("configs"))
+    with pytest.raises(PlanError, match=r"unknown keys \['stagez'\]"):  # a typo must not drop the overrides
+        Pipeline({"data_dir": str(synthetic_tiny), "stagez": {}}, tmp_path, Path("configs"))
+    with pytest.raises(PlanError, match=r"unknown reconstruct options \['stepz'\]"):  # not after training
+        Pipeline({"data_dir": str(synthetic_tiny), "reconstruct": {"stepz": 3}}, tmp_path, Path("configs"))
+    with pytest.raises(SystemExit):
+        main(["--plan", "x.yaml", "--out", str(tmp_path), "--seeds", "-1"])
+    assert "seeds must be in [0, 2**32)" in capsys.readouterr().err
     plan = write_plan(tmp_path, {"data_dir": str(tmp_path / "nowhere")})
     assert main(["--plan", str(plan), "--out", str(tmp_path / "run")]) == 2
     assert "no dataset at" in capsys.readouterr().err
