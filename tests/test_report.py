@@ -15,6 +15,7 @@ from PIL import Image
 from lightning_fcae.cli import main
 from lightning_fcae.report import load_summaries, plot_curves, table2, table3, write_report
 from lightning_fcae.report.curves import training_losses
+from lightning_fcae.report.tables import data_note
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # method -> per seed: (mse, pixcorr, ssim, clip_score, pairwise_mse, top1_50way or None)
@@ -211,6 +212,16 @@ def test_missing_run_or_summaries_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "fcae" / "seed0").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="summary.json"):
         write_report(tmp_path / "empty")
+    (tmp_path / "empty" / "fcae" / "seed0" / "summary.json").write_text("[]")
+    with pytest.raises(ValueError, match="holds a list, not a pipeline summary"):
+        write_report(tmp_path / "empty")
+
+
+def test_data_note_names_each_dataset_once():
+    recon = {"meta": {"data_dir": "data/x", "split": "test", "images": 4, "subjects": {"subj01": 4}}}
+    summaries = [{"recon": recon, "data_dir": "data/x"}, {"recon": None, "data_dir": "data/x"}]
+    assert data_note(summaries) == "data/x (split test, 4 images; subj01)"
+    assert data_note([*summaries, {"data_dir": "data/y"}]).endswith("; data/y")
 
 
 def _run(argv: list[str]) -> int:

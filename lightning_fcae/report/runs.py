@@ -18,6 +18,8 @@ def load_summaries(run_dir: str | Path) -> list[dict]:
             summary = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path} holds a {type(summary).__name__}, not a pipeline summary (a mapping)")
         summary.setdefault("method", path.parent.parent.name)
         summary.setdefault("seed", int(path.parent.name.removeprefix("seed")))
         summaries.append(summary | {"dir": path.parent})

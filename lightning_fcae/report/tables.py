@@ -104,17 +104,19 @@ def _millions(group: list[dict], key: str) -> str:
 def data_note(summaries: list[dict]) -> str:
     """What our rows were measured on: the reconstructions' meta (split, images, subjects), else the
     driver's ``data_dir`` (a Table-3-only run reconstructs nothing)."""
-    seen = []
-    for summary in summaries:
-        meta = (summary.get("recon") or {}).get("meta", {})
-        if meta:
-            subjects = ", ".join(meta.get("subjects", {}))
-            where = f"split {meta.get('split', '?')}, {meta.get('images', '?')} images; {subjects}"
-            text = f"{meta.get('data_dir', '?')} ({where})"
-        else:
-            text = summary.get("data_dir")
-        if text and text not in seen:
+    seen, described = [], set()  # notes, and the data dirs they already name
+    metas = [(s.get("recon") or {}).get("meta", {}) for s in summaries]
+    for meta in filter(None, metas):
+        subjects = ", ".join(meta.get("subjects", {}))
+        where = f"split {meta.get('split', '?')}, {meta.get('images', '?')} images; {subjects}"
+        text = f"{meta.get('data_dir', '?')} ({where})"
+        if text not in seen:
             seen.append(text)
+        described.add(meta.get("data_dir"))
+    for summary, meta in zip(summaries, metas):
+        if not meta and summary.get("data_dir") and summary["data_dir"] not in described:
+            seen.append(summary["data_dir"])
+            described.add(summary["data_dir"])
     return "; ".join(seen) or "data not recorded"
 
 
