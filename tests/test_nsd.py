@@ -14,7 +14,13 @@ from PIL import Image
 
 from lightning_fcae.data import nsd
 from lightning_fcae.data.nsd import convert_nsd
-from lightning_fcae.data.schema import DatasetError, DatasetNotFoundError, Manifest
+from lightning_fcae.data.schema import (
+    DatasetArgumentError,
+    DatasetError,
+    DatasetNotFoundError,
+    Manifest,
+    SourceFileError,
+)
 from lightning_fcae.data.shards import decode_fmri, iter_raw_samples
 from tests.nsd_fixture import expected_zscore, fake_image, write_fake_nsd
 
@@ -44,6 +50,27 @@ def read_samples(out) -> list[dict]:
 
 def subject_of(sample) -> int:
     return int(sample["meta"]["subject"][4:])
+
+
+def forbid_extraction(monkeypatch) -> None:
+    """Make reading any betas session fail the test: checks must come before the long extraction."""
+
+    def no_extraction(*args):
+        raise AssertionError(f"session extracted: {args[0]}")
+
+    monkeypatch.setattr(nsd, "extract_session", no_extraction)
+
+
+def record_extraction(monkeypatch) -> list:
+    """The session files extracted from now on (the extraction itself still runs)."""
+    extracted, real = [], nsd.extract_session
+
+    def extract(path, *args):
+        extracted.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(nsd, "extract_session", extract)
+    return extracted
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +188,7 @@ def test_rerun_reuses_session_cache(fake, tmp_path, monkeypatch):
     mtimes = [os.stat(p).st_mtime_ns for p in caches]
     with pytest.raises(FileExistsError):
         convert_nsd(fake["root"], out, (1, 2), coco_dir=fake["coco_dir"], progress=False)
-
-    def no_extraction(*args):
-        raise AssertionError(f"session re-extracted: {args[0]}")
-
-    monkeypatch.setattr(nsd, "extract_session", no_extraction)
+    forbid_extraction(monkeypatch)
     second = convert_nsd(fake["root"], out, (1, 2), coco_dir=fake["coco_dir"], overwrite=True, progress=False)
     assert [os.stat(p).st_mtime_ns for p in caches] == mtimes
     assert first.splits["train"].shards == second.splits["train"].shards  # byte-identical shards
@@ -217,3 +240,88 @@ def test_missing_captions(fake, tmp_path):
     assert manifest.source["placeholder_captions"] == 1
     (placeholder,) = [s for s in read_samples(tmp_path / "out") if s["meta"]["image_id"] == nsd_id]
     assert placeholder["captions"] == [nsd.PLACEHOLDER_CAPTION]
+
+
+@pytest.mark.parametrize(
+    "option, value, shown",
+    [
+        ("val_fraction", 1.5, "1.5"),
+        ("val_fraction", 1.0, "1.0"),
+        ("val_fraction", 0.0, "0.0"),
+        ("val_fraction", -0.2, "-0.2"),
+        ("subjects", (1, 1), "[1, 1]"),
+        ("subjects", (9,), "[9]"),
+        ("subjects", (0, 1), "[0, 1]"),
+        ("image_size", 0, "0"),
+        ("image_size", -4, "-4"),
+    ],
+)
+def test_bad_option_is_refused_before_any_file_is_read(tmp_path, option, value, shown):
+    """The root does not exist: only a check made before reading anything can answer first."""
+    options = {"subjects": (1,), "val_fraction": 0.1, "image_size": None, option: value}
+    with pytest.raises(DatasetArgumentError) as info:
+        convert_nsd(tmp_path / "no-nsd", tmp_path / "out", coco_dir=tmp_path, progress=False, **options)
+    message = str(info.value)
+    assert f"{option} (--{option.replace('_', '-')})" in message and f"got {shown}" in message
+    if option == "subjects":
+        assert "1-8" in message or "once" in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("val_fraction, empty", [(1e-6, "val"), (1 - 1e-6, "train")])
+def test_val_fraction_that_empties_a_split_is_refused_before_extraction(
+    fake, tmp_path, monkeypatch, val_fraction, empty
+):
+    forbid_extraction(monkeypatch)
+    with pytest.raises(
+        DatasetArgumentError, match=rf"--val-fraction.*{val_fraction}.*subj01 no {empty} image"
+    ):
+        convert_nsd(
+            fake["root"],
+            tmp_path / "out",
+            (1, 2),
+            coco_dir=fake["coco_dir"],
+            val_fraction=val_fraction,
+            progress=False,
+        )
+
+
+def test_truncated_session_is_named_and_conversion_resumes(fake, tmp_path, monkeypatch):
+    path = nsd.betas_path(fake["root"], 2, 1)
+    complete = path.read_bytes()
+    path.write_bytes(complete[: len(complete) // 2])  # a partly downloaded session
+    out = tmp_path / "out"
+    with pytest.raises(SourceFileError, match=re.escape(str(path)) + ".*partly downloaded.*again"):
+        convert_nsd(fake["root"], out, (1, 2), coco_dir=fake["coco_dir"], progress=False)
+    path.write_bytes(complete)  # re-downloaded
+    extracted = record_extraction(monkeypatch)
+    manifest = convert_nsd(fake["root"], out, (1, 2), coco_dir=fake["coco_dir"], progress=False)
+    assert extracted == [path, nsd.betas_path(fake["root"], 2, 2)]  # subj01 came from the cache
+    assert manifest.source["sessions"] == {"subj01": [1, 2], "subj02": [1, 2]}
+
+
+def test_truncated_stimuli_is_named_before_extraction(fake, tmp_path, monkeypatch):
+    path = fake["root"] / nsd.STIMULI
+    path.write_bytes(path.read_bytes()[:1000])
+    forbid_extraction(monkeypatch)
+    with pytest.raises(SourceFileError, match=re.escape(str(path)) + ".*partly downloaded.*again"):
+        convert_nsd(fake["root"], tmp_path / "out", (1,), coco_dir=fake["coco_dir"], progress=False)
+
+
+def test_redownloaded_session_is_extracted_again(fake, tmp_path, monkeypatch):
+    """The cache must follow the session file, not just match its shape, even with overwrite=True."""
+    out = tmp_path / "out"
+    convert_nsd(fake["root"], out, (1,), coco_dir=fake["coco_dir"], progress=False)
+    path = nsd.betas_path(fake["root"], 1, 2)
+    before = os.stat(path)
+    with h5py.File(path, "r+") as handle:  # new content, same size (betas are not compressed)
+        handle["betas"][...] = np.random.default_rng(2).integers(-3000, 3000, handle["betas"].shape)
+        betas = handle["betas"][...]
+    # a real download takes longer than the filesystem's timestamp tick; make that certain here
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    extracted = record_extraction(monkeypatch)
+    convert_nsd(fake["root"], out, (1,), coco_dir=fake["coco_dir"], overwrite=True, progress=False)
+    assert extracted == [path]
+    x, y, z = np.argwhere(fake["roi"][1]).T
+    cached = np.load(out / ".cache/subj01_session02.npy")
+    np.testing.assert_allclose(cached, nsd.zscore(betas[:, z, y, x].astype(np.float32) / 300), atol=5e-3)

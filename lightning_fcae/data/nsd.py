@@ -28,6 +28,7 @@ Decisions (also recorded in the manifest's ``source``):
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import warnings
@@ -41,12 +42,21 @@ import scipy.io
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .schema import MANIFEST_NAME, DatasetError, DatasetNotFoundError, Manifest, subject_name
+from .schema import (
+    MANIFEST_NAME,
+    DatasetArgumentError,
+    DatasetError,
+    DatasetNotFoundError,
+    Manifest,
+    SourceFileError,
+    subject_name,
+)
 from .shards import DatasetWriter
 
 CONVERTER_VERSION = 1
 TRIALS_PER_SESSION = 750  # fixed by the NSD design; maps a session's rows onto masterordering
 NSD_IMAGES = 73000
+NSD_SUBJECTS = range(1, 9)  # subj01-subj08
 BETA_TYPE = "betas_fithrf_GLMdenoise_RR"
 SPACE = "func1pt8mm"
 PLACEHOLDER_CAPTION = "an image"
@@ -73,6 +83,14 @@ def _require(path: Path, what: str) -> Path:
             f"{path} is missing ({what}); is the NSD root right and the download complete?"
         )
     return path
+
+
+def open_h5(path: Path, redo: str) -> h5py.File:
+    """Open an NSD HDF5 file; h5py's error for a partly downloaded one names no file, so name it and the fix."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise SourceFileError(f"{path} cannot be read ({exc}); is it partly downloaded? {redo}") from exc
 
 
 def find_sessions(root: Path, subject: int) -> list[int]:
@@ -134,7 +152,8 @@ def zscore(values: np.ndarray) -> np.ndarray:
 def extract_session(path: Path, coords: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """[750, V] float32 z-scored ROI betas of one session, read in trial chunks so memory stays small."""
     x, y, z = coords.T
-    with h5py.File(path, "r") as handle:
+    redo = "Download it again (or delete it to convert without it); sessions already extracted stay cached"
+    with open_h5(path, redo) as handle:
         betas = handle["betas"]  # [750, Z, Y, X] int16
         expected = (TRIALS_PER_SESSION, *shape[::-1])
         if betas.shape != expected:
@@ -145,20 +164,39 @@ def extract_session(path: Path, coords: np.ndarray, shape: tuple[int, int, int])
     return zscore(np.concatenate(chunks).astype(np.float32) / 300.0)  # int16 -> % signal change
 
 
+def cache_stamp(source: Path, coords: np.ndarray) -> dict:
+    """What a cached session was extracted from. Size and mtime change when a session is downloaded again
+    (or comes from another root), the ROI digest when the ROI does; a shape check alone misses both. The
+    path is left out so that moving or mounting the NSD tree elsewhere does not cost a re-extraction."""
+    stat = source.stat()
+    roi = hashlib.sha256(np.ascontiguousarray(coords, dtype=np.int64).tobytes()).hexdigest()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "roi_sha256": roi}
+
+
+def _cache_matches(target: Path, stamp_path: Path, stamp: dict, voxels: int) -> bool:
+    try:
+        fresh = json.loads(stamp_path.read_text()) == stamp
+        return fresh and np.load(target, mmap_mode="r").shape == (TRIALS_PER_SESSION, voxels)
+    except (OSError, ValueError):  # missing, unreadable or from before stamps: extract again
+        return False
+
+
 def cached_session(cache: Path, root: Path, subject: int, session: int, roi) -> Path:
-    """Extract a session once: float16 z-scored betas in ``cache``, written atomically for resuming."""
+    """Extract a session once: float16 z-scored betas in ``cache``, written atomically for resuming, with
+    a ``.json`` stamp of its source (:func:`cache_stamp`) so a changed source is extracted again."""
     target = cache / f"{subject_name(subject)}_session{session:02d}.npy"
+    stamp_path = target.with_suffix(".json")
     coords, shape = roi
-    if target.exists():
-        try:
-            if np.load(target, mmap_mode="r").shape == (TRIALS_PER_SESSION, len(coords)):
-                return target
-        except ValueError:
-            pass  # unreadable cache: extract again
-    data = extract_session(betas_path(root, subject, session), coords, shape).astype(np.float16)
+    source = betas_path(root, subject, session)
+    stamp = cache_stamp(source, coords)
+    if _cache_matches(target, stamp_path, stamp, len(coords)):
+        return target
+    stamp_path.unlink(missing_ok=True)  # an old stamp must not vouch for new data if we stop below
+    data = extract_session(source, coords, shape).astype(np.float16)
     tmp = target.with_suffix(".tmp.npy")
     np.save(tmp, data)
     tmp.replace(target)
+    stamp_path.write_text(json.dumps(stamp))  # a torn write fails to parse, which means extract again
     return target
 
 
@@ -190,6 +228,35 @@ def assign_splits(
             else:
                 splits[subject][nsd_id] = "val" if draw[nsd_id] < val_fraction else "train"
     return splits, dropped
+
+
+def check_options(subjects: tuple[int, ...], val_fraction: float, image_size: int | None) -> None:
+    """Refuse out-of-range options before any file is read: otherwise they fail (or silently give a
+    dataset without a train or val split) only after hours of session extraction."""
+    in_nsd = bool(subjects) and all(s in NSD_SUBJECTS for s in subjects)
+    for name, value, ok, rule in (
+        ("subjects", list(subjects), in_nsd, "NSD subject numbers 1-8 (NSD has 8 subjects)"),
+        ("subjects", list(subjects), len(set(subjects)) == len(subjects), "free of repeats (name each once)"),
+        ("val_fraction", val_fraction, 0 < val_fraction < 1, "> 0 and < 1 (the share held out, e.g. 0.1)"),
+        ("image_size", image_size, image_size is None or image_size >= 1, "unset (native size) or >= 1"),
+    ):
+        if not ok:
+            flag = "--" + name.replace("_", "-")
+            raise DatasetArgumentError(f"data nsd: {name} ({flag}) must be {rule}, got {value!r}")
+
+
+def check_splits(splits: dict[int, dict[int, str]], val_fraction: float) -> None:
+    """Every subject needs train images (norm stats come from them) and val images (checkpoints select on
+    them); with few sessions an extreme val_fraction can leave either empty."""
+    for subject, by_image in splits.items():
+        counts = Counter(by_image.values())
+        for split, fix in (("train", "smaller"), ("val", "larger")):
+            if not counts[split]:
+                raise DatasetArgumentError(
+                    f"data nsd: val_fraction (--val-fraction) {val_fraction} leaves {subject_name(subject)} no "
+                    f"{split} images (its sessions hold {counts['train'] + counts['val']} non-test images); "
+                    f"use a {fix} val_fraction or convert more sessions"
+                )
 
 
 def load_captions(coco_dir: Path, coco_splits: set[str]) -> dict[int, list[str]]:
@@ -283,6 +350,7 @@ def convert_nsd(
     Every input is checked before the long betas pass, which is cached per session in ``out/.cache`` so an
     interrupted or repeated run (``overwrite=True``) only extracts sessions not yet done.
     """
+    check_options(subjects, val_fraction, image_size)
     root, out = Path(root), Path(out)
     if (out / MANIFEST_NAME).exists() and not overwrite:
         raise FileExistsError(
@@ -297,12 +365,16 @@ def convert_nsd(
     design = Design(_require(root / EXPDESIGN, "NSD experiment design"))
     stim_info = load_stim_info(_require(root / STIM_INFO, "NSD stimulus info"))
     stimuli_path = _require(root / STIMULI, "NSD stimulus images")
+    redo_stimuli = "Download nsd_stimuli.hdf5 again"
+    with open_h5(stimuli_path, redo_stimuli) as handle:  # read only after extraction, so checked now
+        size = handle["imgBrick"].shape[1] if image_size is None else image_size  # [73000, 425, 425, 3]
     rois = {s: load_roi(_require(roi_path(root, s), "nsdgeneral ROI")) for s in subjects}
     sessions = {s: find_sessions(root, s) for s in subjects}
     for s, found in sessions.items():
         print(f"{subject_name(s)}: {len(found)} session(s) found: {found}")
     trials = {s: plan_trials(design, s, sessions[s]) for s in subjects}
     splits, dropped = assign_splits(design, trials, val_fraction, seed)
+    check_splits(splits, val_fraction)
     samples = [(split, s, n, trials[s][n]) for s in subjects for n, split in splits[s].items()]
     notes = _annotations(coco_dir, {n: stim_info[n] for _, _, n, _ in samples}, allow_missing_captions)
 
@@ -335,11 +407,9 @@ def convert_nsd(
     }
     voxels = {subject_name(s): len(rois[s][0]) for s in subjects}
     with (
-        h5py.File(stimuli_path, "r") as handle,
+        open_h5(stimuli_path, redo_stimuli) as handle,
         tqdm(total=len(samples), desc="NSD samples", disable=not progress) as bar,
+        DatasetWriter(out, "nsd", voxels, size, source, samples_per_shard, overwrite) as writer,
     ):
-        stimuli = handle["imgBrick"]  # [73000, 425, 425, 3] uint8
-        size = image_size or stimuli.shape[1]
-        with DatasetWriter(out, "nsd", voxels, size, source, samples_per_shard, overwrite) as writer:
-            _write_samples(writer, stimuli, samples, caches, notes, bar)
+        _write_samples(writer, handle["imgBrick"], samples, caches, notes, bar)
     return Manifest.load(out)

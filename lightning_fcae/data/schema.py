@@ -54,6 +54,10 @@ class ShardCountError(DatasetError):
     """Too few shards to give every rank x worker at least one (webdataset would hang or starve)."""
 
 
+class SourceFileError(DatasetError):
+    """A file a converter reads (e.g. an NSD betas session) is truncated or unreadable: download it again."""
+
+
 class DatasetArgumentError(DatasetError, ValueError):
     """An option of a dataset command is out of range (e.g. ``data check --n-way 0``).
 
