@@ -210,7 +210,10 @@ def test_missing_run_or_summaries_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_summaries(tmp_path / "nowhere")
     (tmp_path / "empty" / "fcae" / "seed0").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="summary.json"):
+    with (
+        pytest.raises(FileNotFoundError, match="summary.json"),
+        pytest.warns(UserWarning, match="fcae/seed0"),
+    ):
         write_report(tmp_path / "empty")
     (tmp_path / "empty" / "fcae" / "seed0" / "summary.json").write_text("[]")
     with pytest.raises(ValueError, match="holds a list, not a pipeline summary"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 
@@ -23,6 +24,14 @@ def load_summaries(run_dir: str | Path) -> list[dict]:
         summary.setdefault("method", path.parent.parent.name)
         summary.setdefault("seed", int(path.parent.name.removeprefix("seed")))
         summaries.append(summary | {"dir": path.parent})
+    unfinished = sorted(
+        str(seed.relative_to(run_dir))
+        for seed in run_dir.glob("*/seed*")
+        if seed.is_dir() and not (seed / "summary.json").is_file()
+    )
+    if unfinished:  # running, interrupted, or a summary lost: the tables below lack these seeds
+        message = f"{run_dir}: no summary.json in {', '.join(unfinished)}; left out of the report"
+        warnings.warn(message, stacklevel=2)
     if not summaries:
         raise FileNotFoundError(
             f"no {run_dir}/<method>/seed<k>/summary.json: not a pipeline run folder, or no run finished yet"
