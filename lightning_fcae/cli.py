@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -27,7 +28,9 @@ def default_wandb_mode() -> None:
     if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
         return
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
+    # `wandb login` writes the server's host into netrc; a self-hosted server is named by WANDB_BASE_URL
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    if not (netrc.exists() and host in netrc.read_text(errors="ignore")):
         os.environ["WANDB_MODE"] = "offline"
 
 

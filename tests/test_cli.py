@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,18 @@ def test_help_lists_the_extra_subcommands(capsys):
     out = capsys.readouterr().out
     assert all(f"  {name} " in out for name in ("data", "pipeline", "reconstruct", "report", "convert-ldm"))
     assert "{fit,validate,test,predict}" in out  # LightningCLI's own help follows
+
+
+def test_wandb_is_offline_unless_logged_in_to_the_configured_server(tmp_path, monkeypatch):
+    from lightning_fcae.cli import default_wandb_mode
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine wandb.example.org\n  login user\n  password key\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for base_url, mode in ((None, "offline"), ("https://wandb.example.org", None)):
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        if base_url:
+            monkeypatch.setenv("WANDB_BASE_URL", base_url)
+        default_wandb_mode()
+        assert os.environ.get("WANDB_MODE") == mode, base_url

@@ -60,6 +60,9 @@ def test_a_rerun_replaces_the_checkpoint_the_next_stage_reads(toy_dataset, tmp_p
         runs.append(cli.model.state_dict())
     folder = tmp_path / "checkpoints" / "stage1_fcae"
     assert not list(folder.glob("last-v*.ckpt"))
+    # the run's config is saved beside its own logs, not in a folder every stage shares
+    assert (tmp_path / "results" / "stage1_fcae" / "config.yaml").is_file()
+    assert not (tmp_path / "results" / "config.yaml").exists()
     saved = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     name = "model.encoder.patch_embed.proj.weight"
     assert torch.equal(saved[name], runs[1][name]) and not torch.equal(saved[name], runs[0][name])
