@@ -22,7 +22,6 @@ the ones after it.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import subprocess
@@ -33,9 +32,7 @@ from pathlib import Path
 
 import yaml
 
-
-class PlanError(ValueError):
-    """The plan file or the command line asks for something the pipeline cannot run."""
+from .plan import PlanError, changed_keys, check_plan, deep_merge, load_yaml
 
 
 @dataclass(frozen=True)
@@ -88,50 +85,6 @@ def modalities(method: Method) -> str:
     return "F" + "+I" * method.align["use_image"] + "+T" * method.align["use_text"]
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` on top of ``base``: dicts merge key by key, anything else (lists too) replaces, as
-    jsonargparse does with several ``--config`` files."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-PLAN_KEYS = {"data_dir", "clip_model", "clip_pretrained", "pretrained_ldm", "stages", "reconstruct"}
-RUN_OPTIONS = {"ckpt", "data_dir", "out", "seed", "clip_model", "clip_pretrained"}  # the pipeline's own
-
-
-def reconstruct_options() -> set[str]:
-    """What a plan's ``reconstruct:`` may set: the command's options less those each run fills in."""
-    from .reconstruct import build_parser
-
-    return {action.dest for action in build_parser()._actions if action.dest != "help"} - RUN_OPTIONS
-
-
-def changed_keys(old, new, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two configs (a list compares as a whole)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(old.keys() | new.keys(), key=str)
-        return [path for key in keys for path in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".") or "the config"]
-
-
-def load_yaml(path: Path) -> dict:
-    """A YAML mapping; a missing file, bad YAML or a non-mapping is a :class:`PlanError` naming the file."""
-    if not path.is_file():
-        raise PlanError(f"{path} does not exist")
-    try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(content, dict):
-        raise PlanError(f"{path} must hold a mapping of keys to values, not a {type(content).__name__}")
-    return content
-
-
 def run_paths(config: dict, stage_dir: Path, run_name: str) -> dict:
     """Point a stage config's outputs into ``stage_dir``: root dir, checkpoints, W&B, plus a CSV log
     (``stage_dir/csv/fit/metrics.csv``) the report plots from."""
@@ -171,28 +124,9 @@ class Pipeline:
 
     def __init__(self, plan: dict, out: Path, configs: Path, dry_run: bool = False):
         self.plan, self.out, self.configs, self.dry_run = plan, out, configs, dry_run
-        unknown = set(plan) - PLAN_KEYS
-        if unknown:
-            raise PlanError(f"plan: unknown keys {sorted(unknown)}; known: {', '.join(sorted(PLAN_KEYS))}")
+        check_plan(plan, known_stages=["stage1", "stage1_image", *STAGE_CONFIGS])
         self.data_dir = str(plan["data_dir"])
         self.overrides = plan.get("stages") or {}
-        if not isinstance(plan.get("reconstruct") or {}, dict):
-            raise PlanError("plan: reconstruct must be a mapping of lightning-fcae reconstruct options")
-        options = reconstruct_options()
-        unknown = set(plan.get("reconstruct") or {}) - options
-        if unknown:  # found now, not after every stage has trained
-            raise PlanError(
-                f"plan: unknown reconstruct options {sorted(unknown)}; known: {', '.join(sorted(options))}"
-            )
-        unknown = set(self.overrides) - {*STAGE_CONFIGS, "stage1", "stage1_image"}
-        if unknown:
-            known = ", ".join(["stage1", "stage1_image", *STAGE_CONFIGS])
-            raise PlanError(f"plan: unknown stages {sorted(unknown)}; known: {known}")
-        for stage, override in self.overrides.items():
-            if not isinstance(override, dict):
-                raise PlanError(f"plan: stages.{stage} must be a mapping of config overrides")
-        if plan.get("clip_pretrained") and not plan.get("clip_model"):
-            raise PlanError("plan: clip_pretrained is set without clip_model (the open_clip model name)")
         self.started = time.monotonic()
         self.step, self.total_steps = 0, 0
 
