@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .schema import FMRI_KEY, IMAGE_KEYS, META_KEY, DatasetArgumentError, Manifest, ManifestError, SampleError
+from .schema import FMRI_KEY, IMAGE_KEYS, META_KEY, Manifest, ManifestError, SampleError, check_arguments
 from .shards import decode_fmri, decode_image, decode_json, load_norm_stats, read_shards
 
 _ALPHAS = np.logspace(-3, 3, 13)  # ridge penalties, relative to the mean squared singular value of train
@@ -158,14 +158,13 @@ def check_dataset(
     control, plus chance levels. ``max_train`` caps train samples to bound memory and time on real data.
     """
     # checked before any shard is read; a CLI typo then costs nothing and reads as a one-line error
-    for name, value, ok, rule in (
+    checks = (
         ("n_way", n_way, n_way >= 2, ">= 2 (the true image and at least one distractor)"),
         ("trials", trials, trials >= 1, ">= 1"),
         ("pixels", pixels, pixels >= 1, ">= 1"),
         ("max_train", max_train, max_train is None or max_train >= 1, "None or >= 1"),
-    ):
-        if not ok:
-            raise DatasetArgumentError(f"data check: {name} must be {rule}, got {value!r}")
+    )
+    check_arguments(checks, label=lambda name: f"data check: {name}")
     root = Path(root)
     manifest = Manifest.load(root)
     norm = load_norm_stats(root, manifest)

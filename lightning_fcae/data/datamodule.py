@@ -38,6 +38,7 @@ from .schema import (
     ManifestError,
     SampleError,
     ShardCountError,
+    check_arguments,
 )
 from .shards import (
     ShardReader,
@@ -196,16 +197,15 @@ class NSDDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         # fail here, naming the argument, not deep in a DataLoader (batch_size=0 was a ZeroDivisionError)
-        for name, value, ok, rule in (
+        checks = (
             ("batch_size", batch_size, batch_size >= 1, ">= 1"),
             ("num_workers", num_workers, num_workers >= 0, ">= 0"),
             ("patch_size", patch_size, patch_size >= 1, ">= 1"),
             ("image_size", image_size, image_size is None or image_size >= 1, "None or >= 1"),
             ("sparsity", sparsity, 0.0 <= sparsity < 1.0, "in [0, 1)"),
             ("shuffle_buffer", shuffle_buffer, shuffle_buffer >= 0, ">= 0"),
-        ):
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        )
+        check_arguments(checks, error=ValueError)
         self.data_dir = str(data_dir)
         self.manifest = read_manifest(self.data_dir)
         wanted = list(self.manifest.subjects) if subjects is None else list(subjects)

@@ -49,6 +49,7 @@ from .schema import (
     DatasetNotFoundError,
     Manifest,
     SourceFileError,
+    check_arguments,
     subject_name,
 )
 from .shards import DatasetWriter
@@ -234,15 +235,13 @@ def check_options(subjects: tuple[int, ...], val_fraction: float, image_size: in
     """Refuse out-of-range options before any file is read: otherwise they fail (or silently give a
     dataset without a train or val split) only after hours of session extraction."""
     in_nsd = bool(subjects) and all(s in NSD_SUBJECTS for s in subjects)
-    for name, value, ok, rule in (
+    checks = (
         ("subjects", list(subjects), in_nsd, "NSD subject numbers 1-8 (NSD has 8 subjects)"),
         ("subjects", list(subjects), len(set(subjects)) == len(subjects), "free of repeats (name each once)"),
         ("val_fraction", val_fraction, 0 < val_fraction < 1, "> 0 and < 1 (the share held out, e.g. 0.1)"),
         ("image_size", image_size, image_size is None or image_size >= 1, "unset (native size) or >= 1"),
-    ):
-        if not ok:
-            flag = "--" + name.replace("_", "-")
-            raise DatasetArgumentError(f"data nsd: {name} ({flag}) must be {rule}, got {value!r}")
+    )
+    check_arguments(checks, label=lambda name: f"data nsd: {name} (--{name.replace('_', '-')})")
 
 
 def check_splits(splits: dict[int, dict[int, str]], val_fraction: float) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,18 @@ class DatasetArgumentError(DatasetError, ValueError):
     A DatasetError, so ``lightning-fcae data`` prints it as a one-line error like the others, and a
     ValueError, so Python callers catch it as the bad argument it is.
     """
+
+
+def check_arguments(
+    checks: Iterable[tuple[str, object, bool, str]],
+    error: type[Exception] = DatasetArgumentError,
+    label: Callable[[str], str] = str,
+) -> None:
+    """Raise ``error("<label(name)> must be <rule>, got <value>")`` for the first ``(name, value, ok,
+    rule)`` whose ``ok`` is false: every command checks its arguments up front in the same words."""
+    for name, value, ok, rule in checks:
+        if not ok:
+            raise error(f"{label(name)} must be {rule}, got {value!r}")
 
 
 def sample_key(subject: str, image_id: int, prefix: str = "nsd") -> str:

@@ -132,9 +132,8 @@ class LinearProbe(L.Callback):
                 probe_features(pl_module, trainer.datamodule, split, self.label, self.pool, self.groups, cap)
                 for split, cap in (("train", self.max_train_samples), ("val", None))
             ]
-        except (
-            ValueError
-        ) as exc:  # a probe is a diagnostic: a dataset without its label must not end training
+        # a probe is a diagnostic: a dataset without its label must not end training
+        except ValueError as exc:
             rank_zero_warn(f"LinearProbe off: {exc}; set its `label` to one the dataset has, or remove it")
             self.unavailable = True
             return
