@@ -160,7 +160,7 @@ class Pipeline:
         label = f"[{self.step}/{self.total_steps} {self.elapsed()}] {stage_dir.relative_to(self.out)}"
         saved = stage_dir / config_name
         config = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))  # as it reads back from disk
-        started = done.is_file() or "--ckpt_path" in args and args[0] == "fit"
+        started = done.is_file() or (args[0] == "fit" and "--ckpt_path" in args)
         if started and saved.is_file():
             changed = changed_keys(yaml.safe_load(saved.read_text()), config)
             if changed:

@@ -58,7 +58,7 @@ def load_compvis_state_dict(path: str | Path, trust_pickle: bool = False) -> dic
             raise ValueError(unreadable.format("safetensors")) from exc
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except OSError:
+    except OSError:  # missing or unreadable: the file system's own message names the path
         raise
     except pickle.UnpicklingError as exc:
         if not trust_pickle and (refused := _NOT_ALLOWLISTED.search(str(exc))):
