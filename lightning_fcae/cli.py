@@ -201,6 +201,7 @@ EXTRA_COMMANDS = """lightning-fcae: LightningCLI's fit / validate / test / predi
   reconstruct --ckpt CKPT ...      stage-3 test-set reconstructions, grid and metrics
   report RUN_DIR                   report.html and Tables 2 / 3 of a pipeline run
   convert-ldm CKPT --config YAML   a CompVis LDM checkpoint -> a diffusers directory
+  stand-ins train|check|verify     the synthetic benchmark's shipped CLIP / LDM stand-ins
 each with its own --help.
 """
 
@@ -224,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
         from .reconstruct import main as reconstruct
 
         sys.exit(reconstruct(argv[1:]))
+    if argv and argv[0] == "stand-ins":
+        from .stand_ins import main as stand_ins
+
+        sys.exit(stand_ins(argv[1:]))
     if argv and argv[0] == "report":
         from .report import main as report
 

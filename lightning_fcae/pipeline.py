@@ -76,6 +76,7 @@ STAGE_CONFIGS = {
     "ldm_unet": "ldm_pretrain.yaml",
     "stage2": "stage2_align.yaml",
     "stage3": "stage3_ldm.yaml",
+    "classifier": "classifier_pretrain.yaml",
 }
 
 
@@ -122,10 +123,14 @@ def last_csv_values(path: Path) -> dict[str, float]:
 class Pipeline:
     """Runs a plan (see ``experiments/demo.yaml``) for some methods and seeds into ``out``."""
 
-    def __init__(self, plan: dict, out: Path, configs: Path, dry_run: bool = False):
+    def __init__(
+        self, plan: dict, out: Path, configs: Path, dry_run: bool = False, train_stand_ins: bool = False
+    ):
         self.plan, self.out, self.configs, self.dry_run = plan, out, configs, dry_run
         check_plan(plan, known_stages=["stage1", "stage1_image", *STAGE_CONFIGS])
         self.data_dir = str(plan["data_dir"])
+        self.use_shipped = bool(plan.get("stand_ins")) and not train_stand_ins
+        self.stand_ins = None  # the shipped stand-ins once verified in __call__; None: trained here
         self.overrides = plan.get("stages") or {}
         self.started = time.monotonic()
         self.step, self.total_steps = 0, 0
@@ -190,9 +195,12 @@ class Pipeline:
 
     # --- shared stand-ins -------------------------------------------------------------------------
     def clip(self) -> tuple[str, str]:
-        """(open_clip model, weights): the plan's real CLIP, or the stand-in trained on the data."""
+        """(open_clip model, weights): the plan's real CLIP, the shipped stand-in, or one trained on the
+        data."""
         if self.plan.get("clip_pretrained"):
             return self.plan["clip_model"], self.plan["clip_pretrained"]
+        if self.stand_ins is not None:
+            return self.stand_ins.clip_model, str(self.stand_ins.clip_weights)
         shared = self.out / "shared"
         weights = shared / "clip.pt"
         config = load_yaml(self.configs / STAGE_CONFIGS["clip_pretrain"])
@@ -203,17 +211,76 @@ class Pipeline:
         self.fit("clip_pretrain", STAGE_CONFIGS["clip_pretrain"], shared / "clip_pretrain", 0, extra)
         return model, str(weights)
 
-    def ldm(self) -> str:
-        """The plan's pretrained LDM directory, or the stand-in (VQ, then UNet) trained on the data."""
+    def ldm(self, clip: tuple[str, str]) -> str:
+        """The plan's pretrained LDM directory, or the stand-in (VQ, then a UNet conditioned on the
+        ``clip`` stand-in's features) trained on the data."""
         if self.plan.get("pretrained_ldm"):
             return self.plan["pretrained_ldm"]
+        if self.stand_ins is not None:
+            return str(self.stand_ins.ldm)
         export = self.out / "shared" / "ldm"
-        for stage in ("vq", "unet"):
-            extra = {"model": {"init_args": {"stage": stage, "export_dir": str(export)}}}
+        for part in ("vq", "unet"):
+            extra = {"model": {"init_args": {"part": part, "export_dir": str(export)}}}
+            if part == "unet":
+                extra["data"] = {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}
             self.fit(
-                f"ldm_{stage}", STAGE_CONFIGS[f"ldm_{stage}"], self.out / "shared" / f"ldm_{stage}", 0, extra
+                f"ldm_{part}", STAGE_CONFIGS[f"ldm_{part}"], self.out / "shared" / f"ldm_{part}", 0, extra
             )
         return str(export)
+
+    def classifier(self) -> Path:
+        """The judge of the stand-in checks, trained on the data (``make stand-ins`` only)."""
+        export = self.out / "shared" / "classifier_export"
+        extra = {"model": {"init_args": {"export_dir": str(export)}}}
+        self.fit("classifier", STAGE_CONFIGS["classifier"], self.out / "shared" / "classifier", 0, extra)
+        return export
+
+    # --- the ridge yardstick ---------------------------------------------------------------------
+    def ridge(self, clip: tuple[str, str]) -> None:
+        """``OUT/ridge/seed0/summary.json``: per-subject ridge decoders from voxels, scored like the
+        methods (:mod:`lightning_fcae.yardstick`); recomputed only when its settings change."""
+        self.step += 1
+        root = self.out / "ridge" / "seed0"
+        stage3 = deep_merge(
+            load_yaml(self.configs / STAGE_CONFIGS["stage3"]), self.overrides.get("stage3", {})
+        )
+        size = stage3["model"]["init_args"].get("image_size")
+        n_way = int((self.plan.get("reconstruct") or {}).get("n_way", 50))
+        settings = {"data_dir": self.data_dir, "clip": list(clip), "image_size": size, "n_way": n_way}
+        label = f"[{self.step}/{self.total_steps} {self.elapsed()}] ridge/seed0"
+        path = root / "summary.json"
+        if path.is_file() and json.loads(path.read_text()).get("settings") == settings:
+            print(f"{label}: done already, skipped", flush=True)
+            return
+        print(f"{label}: ridge yardstick (voxels -> CLIP embedding, voxels -> pixels)", flush=True)
+        if self.dry_run:
+            return
+        from torchvision.utils import save_image
+
+        from .data.datamodule import read_manifest
+        from .models.clip import load_clip
+        from .yardstick import ridge_yardstick
+
+        size = size or read_manifest(self.data_dir).image_size
+        result = ridge_yardstick(self.data_dir, load_clip(*clip), size, n_way)
+        (root / "recon").mkdir(parents=True, exist_ok=True)
+        save_image(result["grid"], root / "recon" / "grid.png")
+        summary = {
+            "run": self.out.name,
+            "method": "ridge",
+            "label": "Ridge yardstick (voxels → pixels; → CLIP embedding)",
+            "seed": 0,
+            "encoder": "none (ridge)",
+            "modalities": "–",
+            "tables": ["table2", "table3"],
+            "data_dir": self.data_dir,
+            "params": None,
+            "identification": result["identification"],
+            "identification_per_subject": result["identification_per_subject"],
+            "recon": result["recon"],
+            "settings": settings,
+        }
+        path.write_text(json.dumps(summary, indent=2))
 
     # --- one method x seed ------------------------------------------------------------------------
     def method(self, name: str, seed: int, clip: tuple[str, str], ldm: str) -> dict:
@@ -290,25 +357,33 @@ class Pipeline:
                 f"synth --out {self.data_dir}` or convert NSD with `lightning-fcae data nsd ... --out "
                 f"{self.data_dir}` (docs/data.md)"
             )
+        if self.use_shipped:  # hashes and dataset checked before anything runs
+            from .stand_ins.shipped import load_stand_ins  # imports torch: only when a plan names them
+
+            self.stand_ins = load_stand_ins(self.plan["stand_ins"], self.data_dir)
         self.total_steps = self.count_steps(methods, seeds)
         clip = self.clip()
-        ldm = self.ldm()
+        self.ridge(clip)
+        ldm = self.ldm(clip)
         summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
         done = "dry run: configs written, nothing run" if self.dry_run else "all stages done"
         print(f"[pipeline {self.elapsed()}] {done}", flush=True)
         return summaries
 
     def count_steps(self, methods: list[str], seeds: list[int]) -> int:
-        shared = (not self.plan.get("clip_pretrained")) + 2 * (not self.plan.get("pretrained_ldm"))
+        trains = self.stand_ins is None
+        shared = trains * (not self.plan.get("clip_pretrained")) + 2 * trains * (
+            not self.plan.get("pretrained_ldm")
+        )
         per_seed = sum(
             3 + (METHODS[m].image_phase is not None) + 2 * (METHODS[m].align is not None) for m in methods
         )
-        return shared + per_seed * len(seeds)
+        return shared + 1 + per_seed * len(seeds)  # + 1: the ridge yardstick
 
 
 def parameter_counts(root: Path) -> dict[str, int]:
     """fMRI side (stage-1 encoder + regressor: the paper's Table 3 count) and, with stage 3, the whole
-    reconstruction model (fMRI encoder, conditioner, UNet, VQ: its Table 2 count)."""
+    reconstruction model (fMRI encoder + token map, condition encoder, UNet, VQ: its Table 2 count)."""
     import torch
 
     def count(path: Path, prefixes: tuple[str, ...]) -> int:
@@ -318,7 +393,7 @@ def parameter_counts(root: Path) -> dict[str, int]:
     counts = {"fmri": count(root / "stage1/checkpoints/last.ckpt", ("model.encoder.", "model.regressor."))}
     stage3 = root / "stage3/checkpoints/last.ckpt"
     if stage3.is_file():
-        counts["total"] = count(stage3, ("encoder.", "conditioner.", "unet.", "vq."))
+        counts["total"] = count(stage3, ("aligner.", "conditioner.", "unet.", "vq."))
     return counts
 
 
@@ -340,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="dataset directory (default: the plan's data_dir)")
     parser.add_argument("--configs", type=Path, default=Path("configs"), help="the stage configs' folder")
     parser.add_argument("--dry-run", action="store_true", help="write the configs, print the commands")
+    parser.add_argument(
+        "--train-stand-ins",
+        action="store_true",
+        help="train the CLIP and LDM stand-ins into OUT/shared instead of using the plan's shipped stand_ins",
+    )
     parser.add_argument("--no-report", dest="report", action="store_false")
     args = parser.parse_args(argv)
     try:
@@ -348,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             plan["data_dir"] = args.data
         if "data_dir" not in plan:
             raise PlanError(f"{args.plan}: no data_dir (or pass --data)")
-        Pipeline(plan, args.out, args.configs, args.dry_run)(args.methods, args.seeds)
-    except (PlanError, RuntimeError) as exc:
+        Pipeline(plan, args.out, args.configs, args.dry_run, args.train_stand_ins)(args.methods, args.seeds)
+    except (PlanError, RuntimeError, FileNotFoundError) as exc:  # StandInError is a FileNotFoundError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.report and not args.dry_run:

@@ -29,7 +29,15 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-PLAN_KEYS = {"data_dir", "clip_model", "clip_pretrained", "pretrained_ldm", "stages", "reconstruct"}
+PLAN_KEYS = {
+    "data_dir",
+    "clip_model",
+    "clip_pretrained",
+    "pretrained_ldm",
+    "stand_ins",
+    "stages",
+    "reconstruct",
+}
 RUN_OPTIONS = {"ckpt", "data_dir", "out", "seed", "clip_model", "clip_pretrained"}  # the pipeline's own
 
 
@@ -81,5 +89,10 @@ def check_plan(plan: dict, known_stages: list[str]) -> None:
     for stage, override in overrides.items():
         if not isinstance(override, dict):
             raise PlanError(f"plan: stages.{stage} must be a mapping of config overrides")
+    if plan.get("stand_ins") and (plan.get("clip_pretrained") or plan.get("pretrained_ldm")):
+        raise PlanError(
+            "plan: stand_ins (shipped synthetic stand-ins) and clip_pretrained / pretrained_ldm (real weights) "
+            "both name the CLIP and LDM: set one or the other"
+        )
     if plan.get("clip_pretrained") and not plan.get("clip_model"):
         raise PlanError("plan: clip_pretrained is set without clip_model (the open_clip model name)")

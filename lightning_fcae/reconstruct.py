@@ -83,6 +83,11 @@ def load_finetune(ckpt: str | Path) -> LDMFinetune:
     state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
     if not any(name.startswith("conditioner.") for name in state):
         raise ReconstructionError(f"{path} is not an LDMFinetune (stage 3) checkpoint: no fMRI conditioner")
+    if not any(name.startswith("aligner.") for name in state):
+        raise ReconstructionError(
+            f"{path} is a stage-3 checkpoint of lightning-fcae before 2026-12 (fMRI tokens mapped straight to "
+            "the UNet, no CLIP token map): it cannot be converted; re-run stage 3 with the current code"
+        )
     return LDMFinetune.load_from_checkpoint(path, map_location="cpu", weights_only=True)
 
 
@@ -182,7 +187,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _summarise(per_subject: dict[str, dict]) -> dict:
+def summarise(per_subject: dict[str, dict]) -> dict:
     """Per-subject blocks -> ``{block: {mean, per_subject, skipped?}}``."""
     summary = {}
     for block in BLOCKS:
@@ -228,7 +233,7 @@ def reconstruct(
         subjects=subjects,
         batch_size=batch_size,
         num_workers=0,
-        patch_size=model.encoder.patch_size,
+        patch_size=model.aligner.encoder.patch_size,
         image_size=model.latent_size * vq_downsampling(model.vq),  # truth at the reconstructions' size
     )
     if data.num_voxels > model.hparams.num_voxels:
@@ -267,7 +272,7 @@ def reconstruct(
     save_image(comparison_grid(truth, recon), out / "grid.png")
     per_subject = {name: images.scores(n_way, device) for name, images in collected.items() if len(images)}
     counts = {name: len(collected[name]) for name in per_subject}
-    metrics = _summarise(per_subject)
+    metrics = summarise(per_subject)
     metrics["meta"] = settings | dict(
         data_dir=str(data_dir),
         subjects=counts,

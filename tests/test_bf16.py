@@ -56,9 +56,7 @@ def test_every_stage_trains_and_samples_under_bf16_mixed(accelerator, toy_datase
     stage2.save_checkpoint(tmp_path / "stage2.ckpt")
 
     data = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=16)
-    ldm = LDMFinetune(
-        data.num_voxels, encoder_ckpt=str(tmp_path / "stage2.ckpt"), condition_tokens=8, image_size=16
-    )
+    ldm = LDMFinetune(data.num_voxels, encoder_ckpt=str(tmp_path / "stage2.ckpt"), image_size=16)
     stage3 = _fit(ldm, data, tmp_path, accelerator)
     for name in ("train/loss", "val/loss", "val/condition_gain"):
         assert torch.isfinite(stage3.callback_metrics[name]), name

@@ -1,4 +1,4 @@
-"""Stage 3: what trains, how the fMRI condition reaches the UNet, learning, sampling, export/convert, CLI."""
+"""Stage 3: what trains, how the fMRI condition reaches the UNet, learning, sampling, convert, CLI."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from lightning_fcae.models.ldm_convert import convert_compvis_ldm
 from lightning_fcae.models.ldm_convert import main as convert_main
 from lightning_fcae.sampling import sample_images
 from lightning_fcae.stages import FCAEPretrain
-from lightning_fcae.stages.diffusion import LDMFinetune, LDMPretrain
+from lightning_fcae.stages.diffusion import LDMFinetune
 
 REPO = Path(__file__).resolve().parents[1]
 V = 80  # the toy dataset's padded voxel count
@@ -41,7 +41,7 @@ def _datamodule(root, **kwargs) -> NSDDataModule:
 
 def _finetune(**kwargs) -> LDMFinetune:
     torch.manual_seed(0)
-    return LDMFinetune(V, **{"condition_tokens": 8, **kwargs})
+    return LDMFinetune(V, **{"clip_tokens": 5, "clip_dim": 16, **kwargs})
 
 
 def _batch(b=4, size=16) -> dict:
@@ -55,10 +55,11 @@ def _unet_out(module, tokens, pooled, t=500):
         return module.unet(latents, t, encoder_hidden_states=tokens, class_labels=pooled).sample
 
 
-def test_trainable_set_is_encoder_conditioner_and_unet_cross_attention():
+def test_trainable_set_is_encoder_token_map_condition_and_unet_cross_attention():
     module = _finetune()
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
-    expected = {f"encoder.{n}" for n, _ in module.encoder.named_parameters()}
+    assert module.aligner.regressor is None  # stage 3 encodes every patch: no regressor to carry
+    expected = {f"aligner.{n}" for n, _ in module.aligner.named_parameters()}
     expected |= {f"conditioner.{n}" for n, _ in module.conditioner.named_parameters()}
     expected |= {f"unet.{n}" for n in cross_attention_parameters(module.unet)}
     expected |= {f"unet.class_embedding.{n}" for n, _ in module.unet.class_embedding.named_parameters()}
@@ -82,7 +83,9 @@ def test_trainable_set_is_encoder_conditioner_and_unet_cross_attention():
 def test_condition_reaches_unet_through_cross_attention_and_time_embedding():
     module = _finetune().eval()
     tokens, pooled = module.condition(_batch()["fmri"])
-    assert tokens.shape == (4, 8, module.unet.config.cross_attention_dim) and pooled.shape == (4, 32)
+    # context: the caption slot (null here) + one slot per CLIP token; pooled: the CLIP-space embedding
+    assert tokens.shape == (4, 1 + 5, module.unet.config.cross_attention_dim) and pooled.shape == (4, 16)
+    assert torch.equal(tokens[:, 0], module.conditioner.null_text.expand(4, -1))
     base = _unet_out(module, tokens, pooled)
     assert not torch.allclose(_unet_out(module, tokens + 1, pooled), base)
     # the new time-embedding projection starts at zero (the pretrained UNet's output is unchanged) ...
@@ -112,8 +115,9 @@ def test_finetune_learns_and_leaves_frozen_weights_untouched(toy_dataset, tmp_pa
     trained = [
         "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
         "unet.class_embedding.linear_2.weight",
-        "conditioner.token_mapper.weight",
-        "encoder.blocks.0.attn.qkv.weight",
+        "conditioner.image_proj.weight",
+        "aligner.mapper.token_map.weight",
+        "aligner.encoder.blocks.0.attn.qkv.weight",
     ]
     before = {n: p.detach().clone() for n, p in module.named_parameters() if n in names + trained}
     loss_before = _fixed_loss(module, batch)
@@ -151,45 +155,15 @@ def test_encoder_from_stage1_checkpoint(toy_dataset, tmp_path):
     trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(stage1, _datamodule(toy_dataset, with_images=False))
     trainer.save_checkpoint(tmp_path / "stage1.ckpt")
-    module = LDMFinetune(V, encoder_ckpt=str(tmp_path / "stage1.ckpt"), condition_tokens=8)
+    module = _finetune(encoder_ckpt=str(tmp_path / "stage1.ckpt"))
     for (name, ours), theirs in zip(
-        module.encoder.state_dict().items(), stage1.model.encoder.state_dict().values()
+        module.aligner.encoder.state_dict().items(), stage1.model.encoder.state_dict().values()
     ):
         assert torch.equal(ours, theirs), name
+    # a stage-1 encoder has no token map: stage 3 starts a new one on the condition's CLIP grid
+    assert module.aligner.mapper.token_map.out_features == 5 and module.aligner.mapper.proj.out_features == 16
     with pytest.raises(ValueError, match="voxels"):
         LDMFinetune(V + 16, encoder_ckpt=str(tmp_path / "stage1.ckpt"))
-
-
-def test_pretrain_export_load_round_trip(toy_dataset, tmp_path):
-    L.seed_everything(0)
-    out = tmp_path / "ldm"
-    vq_stage = LDMPretrain(stage="vq", ldm_config="tiny", export_dir=str(out))
-    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0)
-    trainer.fit(vq_stage, _datamodule(toy_dataset))
-    assert (out / "vqvae").is_dir() and not (out / "unet").exists()
-    assert torch.isfinite(trainer.callback_metrics["train/rec"])
-
-    unet_stage = LDMPretrain(stage="unet", ldm_config="tiny", export_dir=str(out))
-    _trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(unet_stage, _datamodule(toy_dataset))
-    assert unet_stage.latent_scale > 0
-    ldm = load_ldm(out)
-    assert ldm.vq.config.scaling_factor == pytest.approx(unet_stage.latent_scale.item())
-    assert ldm.scheduler.config.num_train_timesteps == 1000
-
-    x, t = _batch()["image"] * 2 - 1, 700
-    context = unet_stage.captions(["a red square", "blue", "toy image 3", ""])
-    latents = torch.randn(4, 3, 4, 4)
-    with torch.no_grad():
-        assert torch.equal(ldm.vq.encode(x).latents, unet_stage.vq.encode(x).latents)
-        assert torch.equal(ldm.vq.decode(latents).sample, unet_stage.vq.decode(latents).sample)
-        reference = unet_stage.unet(latents, t, encoder_hidden_states=context).sample
-        assert torch.equal(ldm.unet(latents, t, encoder_hidden_states=context).sample, reference)
-
-        # fine-tuning starts from exactly the pretrained UNet: the time-embedding projection is zero at first
-        finetune = LDMFinetune(V, pretrained_ldm=str(out), condition_tokens=8)
-        pooled = torch.randn(4, finetune.unet.config.projection_class_embeddings_input_dim)
-        out_ft = finetune.unet(latents, t, encoder_hidden_states=context, class_labels=pooled).sample
-        assert torch.allclose(out_ft, reference, atol=1e-6)
 
 
 def test_load_ldm_names_the_expected_layout(tmp_path):
@@ -497,28 +471,11 @@ def test_cli_fast_dev_run(toy_dataset, tmp_path, monkeypatch):
             "--model.ldm_config=tiny",
             "--model.encoder_ckpt=null",
             "--model.encoder_size=tiny",
-            "--model.condition_tokens=8",
+            "--model.clip_tokens=5",
+            "--model.clip_dim=16",
             "--trainer.fast_dev_run=true",
         ]
     )
     assert cli.trainer.state.finished
     assert cli.model.hparams.num_voxels == V
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
-
-
-def test_cli_ldm_pretrain_two_stages(toy_dataset, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    args = [
-        "fit", f"--config={REPO / 'configs' / 'ldm_pretrain.yaml'}", f"--data.data_dir={toy_dataset}",
-        "--data.batch_size=4", "--data.num_workers=0", "--model.ldm_config=tiny",
-    ]  # fmt: skip
-    # a smoke test writes nothing that could replace trained weights: no export, no last.ckpt
-    run_lightning_cli([*args, "--model.stage=vq", "--trainer.fast_dev_run=true"])
-    assert not (tmp_path / "checkpoints").exists()
-    for stage in ("vq", "unet"):
-        cli = run_lightning_cli(
-            [*args, f"--model.stage={stage}", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"]
-        )
-        assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
-    ldm = load_ldm(tmp_path / "checkpoints" / "ldm" / "synthetic-small")  # the config's export_dir
-    assert ldm.vq.config.scaling_factor == pytest.approx(cli.model.latent_scale.item())

@@ -25,12 +25,15 @@ def tiny_plan(data_dir: Path) -> dict:
             "clip_pretrain": deep_merge({"model": {"init_args": {"architecture": "fcae-clip-tiny"}}}, LOADER)
             | FAST,
             "ldm_vq": deep_merge(ldm, TINY_IMAGES) | FAST,
-            "ldm_unet": deep_merge(ldm, TINY_IMAGES) | FAST,
+            "ldm_unet": deep_merge(
+                deep_merge(ldm, {"model": {"init_args": {"clip_tokens": 17}}}), TINY_IMAGES
+            )
+            | FAST,
             "stage1": deep_merge({"model": {"init_args": {"size": "tiny"}}}, LOADER) | FAST,
             "stage1_image": deep_merge({"model": {"init_args": {"clip_tokens": 17}}}, LOADER) | FAST,
             "stage2": deep_merge({"model": {"init_args": {"clip_tokens": 17, "n_way": 2}}}, LOADER) | FAST,
             "stage3": deep_merge(
-                {"model": {"init_args": {"image_size": 16, "condition_tokens": 4, "sample_steps": 2}}},
+                {"model": {"init_args": {"image_size": 16, "sample_steps": 2}}},
                 TINY_IMAGES,
             )
             | FAST,
@@ -179,7 +182,12 @@ def test_full_chain_runs_and_resumes(tmp_path, synthetic_tiny, monkeypatch, caps
         "recon/reconstruct",
     }
     assert (out / "report.html").is_file() and (out / "table2.md").is_file()
+    # the ridge yardstick is scored like the methods and sits in both tables as a labelled row
+    ridge = json.loads((out / "ridge/seed0/summary.json").read_text())
+    assert set(ridge["recon"]["raw"]["mean"]) >= {"pixcorr", "ssim", "clip_2way"}
+    assert 0 <= ridge["identification"]["top1_2way"] <= 1
+    assert "Ridge yardstick" in (out / "table2.md").read_text()
     # a second run finds every stage done and only rewrites the summary and report
     capsys.readouterr()
     assert main(["--plan", str(plan), "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count("done already, skipped") == 8
+    assert capsys.readouterr().out.count("done already, skipped") == 9  # 8 stages and the ridge

@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
     data = _textured_dataset(root / "data")
     L.seed_everything(0)
     trainer = _trainer(root, max_steps=3, limit_val_batches=0)
-    trainer.fit(LDMFinetune(V, condition_tokens=8, lr=1e-3, sample_steps=2), _datamodule(data))
+    trainer.fit(LDMFinetune(V, clip_tokens=5, clip_dim=16, lr=1e-3, sample_steps=2), _datamodule(data))
     trainer.save_checkpoint(root / "ldm.ckpt")
     return data, root / "ldm.ckpt"
 
@@ -202,7 +202,7 @@ def test_reconstruction_metrics_callback(trained, tmp_path, monkeypatch):
     trainer = _trainer(
         tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=1, callbacks=[callback]
     )
-    trainer.fit(LDMFinetune(V, condition_tokens=8), _datamodule(data))
+    trainer.fit(LDMFinetune(V, clip_tokens=5, clip_dim=16), _datamodule(data))
     assert len(calls) == 1  # not in the sanity check, not after epoch 0
     for name in ("mse", "pixcorr", "ssim", "pairwise_pcc"):
         assert torch.isfinite(trainer.callback_metrics[f"val_recon/{name}"]), name
@@ -213,7 +213,7 @@ def test_reconstruction_metrics_callback(trained, tmp_path, monkeypatch):
         tmp_path / "run2", logger=logger, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
         callbacks=[ReconstructionMetrics(num_samples=4, steps=2)], num_sanity_val_steps=0,
     )  # fmt: skip
-    trainer.fit(LDMFinetune(V, condition_tokens=8), _datamodule(data))
+    trainer.fit(LDMFinetune(V, clip_tokens=5, clip_dim=16), _datamodule(data))
     ((key, images, step),) = logger.images
     assert key == "val_recon/grid" and images[0].shape[0] == 3 and step == trainer.global_step
     assert not list((tmp_path / "run2").rglob("val_recon_*.png"))
@@ -237,7 +237,7 @@ def _ddp_fit(data: str, root: str) -> None:
         root, devices=2, strategy="ddp", use_distributed_sampler=False, max_epochs=1,
         limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[callback],
     )  # fmt: skip
-    trainer.fit(LDMFinetune(V, condition_tokens=8), _datamodule(data))
+    trainer.fit(LDMFinetune(V, clip_tokens=5, clip_dim=16), _datamodule(data))
     if trainer.is_global_zero:
         names = sorted(
             k.removeprefix("val_recon/") for k in trainer.callback_metrics if k.startswith("val_recon/")

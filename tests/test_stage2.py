@@ -161,3 +161,25 @@ def test_stage2_checkpoint_feeds_stage3(toy_dataset, tmp_path):
     encoder = load_fmri_encoder(str(tmp_path / "stage2.ckpt"))
     for key, value in module.aligner.encoder.state_dict().items():
         assert torch.equal(value, encoder.state_dict()[key]), key
+
+
+def test_stage3_takes_stage2s_token_map_on_the_same_clip_grid(toy_dataset, tmp_path):
+    from lightning_fcae.stages.diffusion import LDMFinetune, load_fmri_aligner
+
+    dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
+    module = FCAEAlign(dm.num_voxels, **TINY_CLIP)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, dm)
+    path = str(tmp_path / "stage2.ckpt")
+    trainer.save_checkpoint(path)
+    aligner = load_fmri_aligner(path, 17, 512)
+    assert aligner.regressor is None  # stage 3 encodes every patch
+    fmri = torch.randn(3, dm.num_voxels)
+    module.aligner.eval()
+    with torch.no_grad():  # the same tokens as stage 2's evaluation (every patch visible)
+        assert torch.allclose(aligner.eval()(fmri), module.aligner(fmri, mask_ratio=0.0))
+    with pytest.raises(ValueError, match="same CLIP model"):
+        load_fmri_aligner(path, 50, 512)  # an LDM pretrained on another CLIP's grid
+    # without an LDM pretrained on CLIP features, stage 3 builds its condition on stage 2's grid
+    stage3 = LDMFinetune(dm.num_voxels, encoder_ckpt=path, clip_tokens=50)
+    assert stage3.conditioner.config.clip_tokens == 17

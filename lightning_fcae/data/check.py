@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..metrics.ridge import Ridge, best_alpha
 from .schema import FMRI_KEY, IMAGE_KEYS, META_KEY, Manifest, ManifestError, SampleError, check_arguments
 from .shards import decode_fmri, decode_image, decode_json, load_norm_stats, read_shards
-
-_ALPHAS = np.logspace(-3, 3, 13)  # ridge penalties, relative to the mean squared singular value of train
 
 
 @dataclass
@@ -62,35 +61,6 @@ def _load(
     return _Split((np.stack(fmri) - mean) / std, np.stack(images), np.array(labels) if has_labels else None)
 
 
-class _Ridge:
-    """Ridge regression from one thin SVD of the centred train voxels: every penalty and every target
-    (pixels, labels, their shuffled controls) reuses it, which keeps the check to seconds."""
-
-    def __init__(self, x: np.ndarray):  # x [n, V]
-        self.x_mean = x.mean(0)
-        xc = (x - self.x_mean).astype(np.float64)
-        # SVD via the eigendecomposition of the smaller Gram matrix: ~10x faster than LAPACK's SVD here
-        wide = xc.shape[0] <= xc.shape[1]
-        evals, vecs = np.linalg.eigh(xc @ xc.T if wide else xc.T @ xc)
-        keep = evals > 1e-9 * evals.max()
-        self.s = np.sqrt(evals[keep])  # [r]
-        self.u = vecs[:, keep] if wide else xc @ vecs[:, keep] / self.s  # [n, r]
-        self.v = xc.T @ vecs[:, keep] / self.s if wide else vecs[:, keep]  # [V, r]
-        self.alphas = _ALPHAS * np.mean(self.s**2)
-
-    def project(self, x: np.ndarray) -> np.ndarray:
-        """Voxels ``[m, V]`` -> coordinates on the right singular vectors ``[m, r]`` (alpha-free)."""
-        return (x - self.x_mean) @ self.v
-
-    def fit(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Targets ``[n, D]`` -> (``U^T y`` ``[r, D]``, target mean ``[D]``), the alpha-free part of the fit."""
-        mean = y.mean(0)
-        return self.u.T @ (y - mean), mean
-
-    def predict(self, proj: np.ndarray, fit: tuple[np.ndarray, np.ndarray], alpha: float) -> np.ndarray:
-        return (proj * (self.s / (self.s**2 + alpha))) @ fit[0] + fit[1]
-
-
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     """Centre and L2-normalise each row, so dot products of rows are Pearson correlations."""
     x = x - x.mean(1, keepdims=True)
@@ -117,19 +87,14 @@ def _nway(pred: np.ndarray, true: np.ndarray, n_way: int, trials: int, seed: lis
     return float(np.mean(hits))
 
 
-def _best(scores: list[float], alphas: np.ndarray) -> float:
-    """The alpha with the best val score; ties go to the stronger penalty (the more conservative fit)."""
-    return float(max(zip(scores, alphas))[1])
-
-
 def _decode(
-    ridge: _Ridge, order: np.ndarray, train: _Split, val: _Split, test: _Split, ways: int, trials: int, seed
+    ridge: Ridge, order: np.ndarray, train: _Split, val: _Split, test: _Split, ways: int, trials: int, seed
 ) -> dict:
     """Fit on train targets taken in ``order`` (identity, or a permutation for the shuffled control)."""
     val_x, test_x = ridge.project(val.fmri), ridge.project(test.fmri)
     pixels = ridge.fit(train.pixels[order])
     scores = [_pixcorr(ridge.predict(val_x, pixels, a), val.pixels) for a in ridge.alphas]
-    pred = ridge.predict(test_x, pixels, _best(scores, ridge.alphas))
+    pred = ridge.predict(test_x, pixels, best_alpha(scores, ridge.alphas))
     out = {"pixcorr": _pixcorr(pred, test.pixels), "nway": _nway(pred, test.pixels, ways, trials, seed)}
     if train.labels is not None and val.labels is not None and test.labels is not None:
         classes = int(max(train.labels.max(), val.labels.max(), test.labels.max())) + 1
@@ -137,7 +102,7 @@ def _decode(
         # select on val Brier score, not accuracy: on a small val set accuracy is too coarse to rank alphas
         val_onehot = np.eye(classes)[val.labels]
         scores = [-np.mean((ridge.predict(val_x, labels, a) - val_onehot) ** 2) for a in ridge.alphas]
-        pred = ridge.predict(test_x, labels, _best(scores, ridge.alphas))
+        pred = ridge.predict(test_x, labels, best_alpha(scores, ridge.alphas))
         out["label_acc"] = float(np.mean(pred.argmax(1) == test.labels))
     return out
 
@@ -177,7 +142,7 @@ def check_dataset(
             raise ManifestError(
                 f"{root}: subject {subject} has {ways} test sample(s); identification needs 2"
             )
-        ridge = _Ridge(train.fmri)
+        ridge = Ridge(train.fmri)
         shuffled = np.random.default_rng([seed, index, 0]).permutation(len(train.fmri))
         real = _decode(ridge, np.arange(len(train.fmri)), train, val, test, ways, trials, [seed, index, 1])
         control = _decode(ridge, shuffled, train, val, test, ways, trials, [seed, index, 1])

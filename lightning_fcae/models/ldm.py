@@ -3,23 +3,24 @@
 The paper (section 2.2) fine-tunes a pretrained LDM: a VQ autoencoder ("f4": 256 px images -> 64x64x3
 latents) and a UNet that reads the fMRI encoder's output in two places (eq. 4):
 
-* cross-attention: ``encoder_hidden_states [b, L, C]`` from :class:`FMRIConditioner`;
+* cross-attention: ``encoder_hidden_states [b, L, C]`` from :class:`~lightning_fcae.models.condition.ClipCondition`;
 * the time embedding: a pooled condition ``[b, P]`` goes through the UNet's ``class_embedding``
   (diffusers' ``class_embed_type="projection"``, a Linear-SiLU-Linear) and is *added* to the timestep
   embedding, as MinD-Vis's ``time_embed_condition`` does.
 
-Pretrained LDMs have no such projection, so :func:`add_time_conditioning` inserts one whose last layer
-is zero-initialised: fine-tuning starts from exactly the pretrained model's behaviour.
+Pretrained LDMs such as CompVis cin256-v2 have no such projection, so :func:`add_time_conditioning`
+inserts one whose last layer is zero-initialised: fine-tuning starts from exactly the pretrained model's
+behaviour. The synthetic benchmark's stand-in LDM is pretrained with both paths already, on CLIP
+(stand-in) features.
 
 Models are stored as diffusers directories: ``<dir>/vqvae`` (VQModel), ``<dir>/unet``
-(UNet2DConditionModel), ``<dir>/scheduler`` (DDPMScheduler); see :func:`load_ldm`.
+(UNet2DConditionModel), ``<dir>/scheduler`` (DDPMScheduler) and, for an LDM pretrained on CLIP features,
+``<dir>/condition`` (:class:`ClipCondition`); see :func:`load_ldm`.
 """
 
 from __future__ import annotations
 
 import copy
-import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,8 +30,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel, VQModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import TimestepEmbedding
-from einops import rearrange
 from torch import nn
+
+from .condition import ClipCondition
 
 # The noise schedule of the CompVis LDMs (cin256-v2, the model MinD-Vis fine-tunes): 1000 training steps,
 # LDM's "linear" schedule (linear in sqrt(beta), i.e. diffusers' scaled_linear) from 0.0015 to 0.0195.
@@ -116,15 +118,18 @@ LDM_CONFIGS: dict[str, dict[str, dict]] = {
 }
 
 LDM_PARTS = {"vqvae": VQModel, "unet": UNet2DConditionModel, "scheduler": DDPMScheduler}
+CONDITION_PART = "condition"  # optional: only an LDM pretrained on CLIP features has one
 
 
 @dataclass
 class LDM:
-    """The three parts of a latent diffusion model."""
+    """The parts of a latent diffusion model; ``condition`` is None for an LDM pretrained on other
+    conditions (CompVis class labels), whose fine-tuning then starts a fresh :class:`ClipCondition`."""
 
     vq: VQModel
     unet: UNet2DConditionModel
     scheduler: DDPMScheduler
+    condition: ClipCondition | None = None
 
 
 def ldm_config(name: str) -> dict[str, dict]:
@@ -149,10 +154,14 @@ def build_vq(config: dict) -> VQModel:
     return VQModel(**{**defaults, **config})
 
 
-def build_unet(config: dict) -> UNet2DConditionModel:
-    """A cross-attention UNet on 3-channel latents (no time-embedding condition yet: see
-    :func:`add_time_conditioning`)."""
-    return UNet2DConditionModel(**{"in_channels": 3, "out_channels": 3, **config})
+def build_unet(config: dict, pooled_dim: int | None = None) -> UNet2DConditionModel:
+    """A cross-attention UNet on the VQ's latents. With ``pooled_dim`` it also takes a ``[b, pooled_dim]``
+    condition added to the time embedding (diffusers' ``class_embed_type="projection"``); without, see
+    :func:`add_time_conditioning`."""
+    config = {"in_channels": 3, "out_channels": 3, **config}
+    if pooled_dim:
+        config |= {"class_embed_type": "projection", "projection_class_embeddings_input_dim": pooled_dim}
+    return UNet2DConditionModel(**config)
 
 
 def build_ldm(name: str) -> LDM:
@@ -172,7 +181,10 @@ def load_ldm(path: str | Path) -> LDM:
             "as written by `lightning-fcae convert-ldm` from a CompVis checkpoint or by LDMPretrain.export()."
         )
     parts = {name: cls.from_pretrained(root, subfolder=name) for name, cls in LDM_PARTS.items()}
-    return LDM(parts["vqvae"], parts["unet"], parts["scheduler"])
+    condition = None
+    if (root / CONDITION_PART).is_dir():
+        condition = ClipCondition.from_pretrained(root, subfolder=CONDITION_PART)
+    return LDM(parts["vqvae"], parts["unet"], parts["scheduler"], condition)
 
 
 def save_ldm(ldm: LDM, path: str | Path) -> Path:
@@ -180,6 +192,8 @@ def save_ldm(ldm: LDM, path: str | Path) -> Path:
     root = Path(path)
     for name, part in zip(LDM_PARTS, (ldm.vq, ldm.unet, ldm.scheduler)):
         part.save_pretrained(root / name)
+    if ldm.condition is not None:
+        ldm.condition.save_pretrained(root / CONDITION_PART)
     return root
 
 
@@ -243,77 +257,3 @@ def freeze_for_finetuning(unet: UNet2DConditionModel) -> list[str]:
     for param in trainable.values():
         param.requires_grad_(True)
     return sorted(trainable)
-
-
-class FMRIConditioner(nn.Module):
-    """fMRI encoder tokens ``[b, n, d]`` (cls first) -> the UNet's two conditions.
-
-    * ``tokens [b, L, C]`` for cross-attention: a Linear ``d -> C`` on every token, then a Linear over the
-      token axis ``n -> L`` (MinD-Vis's 1x1 Conv1d "channel mapper"; L = 77 as CLIP text).
-    * ``pooled [b, P]`` for the time embedding: mean over tokens, then a Linear ``d -> P``.
-
-    A learned null condition (``null_token [L, C]``, ``null_pooled [P]``) stands in for "no fMRI": during
-    training a sample's condition is replaced by it with probability ``cond_drop`` (the caller passes the
-    ``drop`` mask), which is what classifier-free guidance contrasts against at sampling time.
-    """
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_tokens: int,
-        context_dim: int,
-        condition_tokens: int = 77,
-        pooled_dim: int = 0,
-    ):
-        super().__init__()
-        pooled_dim = pooled_dim or context_dim
-        self.dim_mapper = nn.Linear(embed_dim, context_dim)
-        self.token_mapper = nn.Linear(num_tokens, condition_tokens)
-        self.pool_proj = nn.Linear(embed_dim, pooled_dim)
-        self.null_token = nn.Parameter(torch.randn(condition_tokens, context_dim) * 0.02)
-        self.null_pooled = nn.Parameter(torch.zeros(pooled_dim))
-
-    def forward(
-        self, tokens: torch.Tensor, drop: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``tokens [b, n, d]``, ``drop`` bool ``[b]`` (True: use the null condition) -> ``[b, L, C], [b, P]``."""
-        x = rearrange(self.dim_mapper(tokens), "b n c -> b c n")
-        cond = rearrange(self.token_mapper(x), "b c l -> b l c")
-        pooled = self.pool_proj(tokens.mean(1))
-        if drop is not None:
-            cond = torch.where(drop[:, None, None], self.null_token.to(cond.dtype), cond)
-            pooled = torch.where(drop[:, None], self.null_pooled.to(pooled.dtype), pooled)
-        return cond, pooled
-
-    def null(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The null condition for ``batch`` samples: ``[batch, L, C], [batch, P]``."""
-        return self.null_token.expand(batch, -1, -1), self.null_pooled.expand(batch, -1)
-
-
-class HashedCaptionEncoder(nn.Module):
-    """Captions -> ``[b, max_words, dim]`` word embeddings + learned positions, for the synthetic LDM.
-
-    The synthetic benchmark needs a text-conditioned LDM to fine-tune but none exists offline. A word-level
-    vocabulary hashed with crc32 (stable across processes, unlike ``hash``) into ``vocab_size`` buckets needs
-    no tokenizer files and no dependency on stage 2's CLIP; the synthetic captions use a few dozen words.
-    Index 0 is padding.
-    """
-
-    def __init__(self, dim: int, vocab_size: int = 4096, max_words: int = 16):
-        super().__init__()
-        self.vocab_size, self.max_words = vocab_size, max_words
-        self.embed = nn.Embedding(vocab_size + 1, dim)
-        self.pos = nn.Parameter(torch.randn(max_words, dim) * 0.02)
-
-    def tokenize(self, captions: list[str]) -> torch.Tensor:
-        """``[b, max_words]`` word ids (1..vocab_size), zero-padded, truncated."""
-        ids = torch.zeros(len(captions), self.max_words, dtype=torch.long)
-        for i, caption in enumerate(captions):
-            words = re.findall(r"[a-z0-9]+", caption.lower())[: self.max_words]
-            for j, word in enumerate(words):
-                ids[i, j] = 1 + zlib.crc32(word.encode()) % self.vocab_size
-        return ids
-
-    def forward(self, captions: list[str]) -> torch.Tensor:
-        ids = self.tokenize(captions).to(self.pos.device)
-        return self.embed(ids) + self.pos

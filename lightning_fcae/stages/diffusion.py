@@ -1,42 +1,38 @@
 """Stage 3: latent diffusion conditioned on fMRI (paper section 2.2, eq. 4-5; settings in 3.2.2).
 
-:class:`LDMFinetune` fine-tunes a pretrained LDM on ``(fMRI, image)`` pairs: the fMRI encoder and the
-condition projector train, and inside the UNet only the cross-attention layers and the (new)
-time-embedding projection do; the VQ autoencoder and the rest of the UNet stay frozen. The loss is the
-epsilon-prediction MSE of eq. 5.
+:class:`LDMFinetune` fine-tunes a pretrained LDM on ``(fMRI, image)`` pairs: the fMRI encoder (with the
+token map that puts its output on CLIP's token grid) and the condition encoder train, and inside the UNet
+only the cross-attention layers and the time-embedding projection do; the VQ autoencoder and the rest of
+the UNet stay frozen. The loss is the epsilon-prediction MSE of eq. 5. The condition path::
 
-:class:`LDMPretrain` exists because the synthetic benchmark has no pretrained LDM offline: it trains a
-small VQ autoencoder and then a caption-conditioned UNet on the benchmark's images, and exports a
-diffusers directory that LDMFinetune loads like a converted CompVis model.
+    fMRI  b V  -> encoder + token map (FMRIAligner)  -> b T D   CLIP-space tokens (stage 2 aligned them)
+               -> ClipCondition (the LDM's own, or new) -> context b 1+T C (cross-attention), pooled b D
+                                                          (time embedding)
+
+The synthetic benchmark's stand-in LDM (:mod:`lightning_fcae.stages.ldm_pretrain`) is pretrained on CLIP
+features through the same :class:`ClipCondition`, so stage 3 starts from a condition the UNet already
+reads; a CompVis LDM has none, and fine-tuning starts a fresh one.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, VQModel
+from diffusers import DDPMScheduler
 from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..models.align import FMRIAligner
+from ..models.condition import ClipCondition
 from ..models.ldm import (
-    LDM,
-    FMRIConditioner,
-    HashedCaptionEncoder,
     LDMConfigName,
     add_time_conditioning,
     build_ldm,
-    build_unet,
-    build_vq,
     freeze_for_finetuning,
     load_ldm,
-    save_ldm,
     to_model_range,
     vq_downsampling,
 )
-from ..models.ldm import ldm_config as named_ldm_config
 from ..models.sizes import model_size
 from ..models.vit import FMRIEncoder
 from ..sampling import sample_images
@@ -60,6 +56,37 @@ def load_fmri_encoder(path: str) -> FMRIEncoder:
     return load_pretrained(path).encoder
 
 
+def load_fmri_aligner(
+    path: str, clip_tokens: int, clip_dim: int, embed_rank: int = 8, pinned: bool = True
+) -> FMRIAligner:
+    """The fMRI side of stage 3 from a stage-2 or stage-1 checkpoint, on CPU: encoder + token map onto a
+    ``clip_tokens x clip_dim`` grid, without the fCAE regressor (stage 3 encodes every patch).
+
+    A stage-2 checkpoint brings the token map it trained: on that grid, which must be the requested one
+    when it is ``pinned`` (by an LDM pretrained on that CLIP). A stage-1 encoder (MinD-Vis, vis-dec,
+    Table 3's F row) gets a new, randomly initialised token map that stage 3 trains.
+    """
+    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    if "stage1" not in hparams:
+        return FMRIAligner(load_pretrained(path).encoder, None, clip_tokens, clip_dim, embed_rank)
+    from .align import load_aligned  # imports open_clip
+
+    aligner = load_aligned(path)
+    grid = (hparams["clip_tokens"], hparams["clip_dim"])
+    if pinned and grid != (clip_tokens, clip_dim):
+        raise ValueError(
+            f"{path} aligns the fMRI encoder to {grid[0]} x {grid[1]} CLIP tokens, the LDM's condition takes "
+            f"{clip_tokens} x {clip_dim}: stage 2 and the LDM must use the same CLIP model"
+        )
+    aligner.regressor = None
+    return aligner
+
+
+def token_grid(aligner: FMRIAligner) -> tuple[int, int]:
+    """(tokens, width) of the CLIP grid an aligner's token map writes."""
+    return aligner.mapper.token_map.out_features, aligner.mapper.proj.out_features
+
+
 def diffusion_loss(
     unet, scheduler: DDPMScheduler, latents: torch.Tensor, generator: torch.Generator | None = None, **cond
 ) -> torch.Tensor:
@@ -76,26 +103,34 @@ def diffusion_loss(
         target = noise
     elif kind == "v_prediction":
         target = scheduler.get_velocity(latents, noise, t)
-    else:  # "sample": the clean latents
+    elif kind == "sample":  # the clean latents
         target = latents
+    else:
+        raise ValueError(f"unknown prediction_type {kind!r}: epsilon, v_prediction or sample")
     return F.mse_loss(unet(noisy, t, **cond).sample.float(), target.float())
 
 
 class LDMFinetune(RankSeededModule):
-    """The paper's stage 3: ``E || eps - eps_theta(z_t, t, tau(fMRI)) ||^2`` with tau = fMRI encoder +
-    :class:`FMRIConditioner`.
+    """The paper's stage 3: ``E || eps - eps_theta(z_t, t, tau(fMRI)) ||^2`` with tau = fMRI encoder + token
+    map (:class:`FMRIAligner`) + condition encoder (:class:`ClipCondition`).
 
-    Trainable: the fMRI encoder, the conditioner (incl. its null condition), and in the UNet every
-    transformer block's ``attn2`` + ``norm2`` and the ``class_embedding`` (:func:`freeze_for_finetuning`).
-    Frozen: the VQ autoencoder (kept in eval mode) and all other UNet weights.
+    Trainable: the fMRI encoder and its token map, the condition encoder (incl. its null condition), and
+    in the UNet every transformer block's ``attn2`` + ``norm2`` and the ``class_embedding``
+    (:func:`freeze_for_finetuning`). Frozen: the VQ autoencoder (kept in eval mode) and all other UNet
+    weights.
 
     Args:
         num_voxels: padded voxel count (linked from the DataModule by the CLI).
         pretrained_ldm: diffusers LDM directory (:func:`load_ldm`); None builds a random ``ldm_config``
             (tests only: fine-tuning a random UNet's cross-attention is not the method).
-        encoder_ckpt: checkpoint holding the fMRI encoder (:func:`load_fmri_encoder`); None builds a fresh
-            encoder of size ``encoder_size``.
-        condition_tokens: cross-attention tokens L. cond_drop: probability of the null condition in training.
+        encoder_ckpt: stage-2 (aligned: its token map comes along) or stage-1 checkpoint (a new token map)
+            (:func:`load_fmri_aligner`); None builds a fresh encoder of size ``encoder_size``.
+        clip_tokens / clip_dim: the CLIP token grid T x D (ViT-B-32: 50 x 512) when neither the LDM (one
+            pretrained on CLIP features fixes it) nor a stage-2 checkpoint (its token map's) does.
+        embed_rank: width of a new token map's per-patch readout (see ``TokenMapper``).
+        text_slot: also feed the fMRI embedding (token 0) into the condition's caption slot; off: that slot
+            holds its null value, as in the LDM's image-only pretraining samples.
+        cond_drop: probability of the null condition in training (classifier-free guidance).
         lr / min_lr / warmup_fraction / weight_decay: AdamW; min_lr None keeps lr constant (MinD-Vis).
         image_size: resize images to this side before the VQ (None: as the DataModule delivers them).
         sample_steps / guidance_scale: defaults of :meth:`reconstruct` and ``predict_step``.
@@ -108,7 +143,10 @@ class LDMFinetune(RankSeededModule):
         ldm_config: LDMConfigName = "tiny",
         encoder_ckpt: str | None = None,
         encoder_size: ModelSize = "tiny",
-        condition_tokens: int = 77,
+        clip_tokens: int = 50,
+        clip_dim: int = 512,
+        embed_rank: int = 8,
+        text_slot: bool = False,
         cond_drop: float = 0.1,
         lr: float = 5.3e-5,
         min_lr: float | None = None,
@@ -121,20 +159,25 @@ class LDMFinetune(RankSeededModule):
         super().__init__()
         self.save_hyperparameters()
         ldm = load_ldm(pretrained_ldm) if pretrained_ldm else build_ldm(ldm_config)
+        # the CLIP grid: the LDM's when it was pretrained on CLIP features, else stage 2's, else the args
+        pinned = ldm.condition is not None
+        if pinned:
+            clip_tokens, clip_dim = ldm.condition.config.clip_tokens, ldm.condition.config.clip_dim
         if encoder_ckpt:
-            self.encoder = load_fmri_encoder(encoder_ckpt)
+            self.aligner = load_fmri_aligner(encoder_ckpt, clip_tokens, clip_dim, embed_rank, pinned)
         else:
-            self.encoder = FMRIEncoder(num_voxels, model_size(encoder_size)[0])
-        if self.encoder.num_patches * self.encoder.patch_size != num_voxels:
+            encoder = FMRIEncoder(num_voxels, model_size(encoder_size)[0])
+            self.aligner = FMRIAligner(encoder, None, clip_tokens, clip_dim, embed_rank)
+        context_dim = ldm.unet.config.cross_attention_dim
+        self.conditioner = ldm.condition or ClipCondition(*token_grid(self.aligner), context_dim)
+        dim = self.conditioner.config.clip_dim
+        encoder = self.aligner.encoder
+        if encoder.num_patches * encoder.patch_size != num_voxels:
             raise ValueError(
-                f"the fMRI encoder takes {self.encoder.num_patches * self.encoder.patch_size} voxels, the data "
+                f"the fMRI encoder takes {encoder.num_patches * encoder.patch_size} voxels, the data "
                 f"has {num_voxels}: use the subjects and patch size the encoder was pretrained with"
             )
-        context_dim = ldm.unet.config.cross_attention_dim
-        self.conditioner = FMRIConditioner(
-            self.encoder.embed_dim, self.encoder.num_patches + 1, context_dim, condition_tokens
-        )
-        self.unet = add_time_conditioning(ldm.unet, context_dim)
+        self.unet = add_time_conditioning(ldm.unet, dim)
         self.trainable_unet_parameters = freeze_for_finetuning(self.unet)
         self.vq = ldm.vq.requires_grad_(False).eval()
         self.noise_scheduler = ldm.scheduler
@@ -150,8 +193,12 @@ class LDMFinetune(RankSeededModule):
         return size // vq_downsampling(self.vq) if size else self.unet.config.sample_size
 
     def condition(self, fmri: torch.Tensor, drop: torch.Tensor | None = None):
-        """``fmri [b, V]`` -> cross-attention tokens ``[b, L, C]`` and pooled ``[b, P]``."""
-        return self.conditioner(self.encoder(fmri), drop)
+        """``fmri [b, V]`` -> cross-attention context ``[b, 1+T, C]`` and pooled ``[b, D]``; ``drop`` (bool
+        ``[b]``) replaces a sample's condition by the null one."""
+        tokens = self.aligner(fmri)  # b T D: centred CLIP-space directions
+        keep = None if drop is None else ~drop
+        text = tokens[:, 0] if self.hparams.text_slot else None
+        return self.conditioner(tokens, text, keep_image=keep, keep_text=keep, centred=True)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -244,8 +291,9 @@ class LDMFinetune(RankSeededModule):
 
     def on_fit_start(self) -> None:
         counts = {
-            "encoder": sum(p.numel() for p in self.encoder.parameters()),
-            "conditioner": sum(p.numel() for p in self.conditioner.parameters()),
+            "encoder": sum(p.numel() for p in self.aligner.encoder.parameters()),
+            "token map": sum(p.numel() for p in self.aligner.mapper.parameters()),
+            "condition": sum(p.numel() for p in self.conditioner.parameters()),
             "unet (trainable)": sum(p.numel() for p in self.unet.parameters() if p.requires_grad),
             "unet (frozen)": sum(p.numel() for p in self.unet.parameters() if not p.requires_grad),
             "vq (frozen)": sum(p.numel() for p in self.vq.parameters()),
@@ -253,118 +301,3 @@ class LDMFinetune(RankSeededModule):
         rank_zero_info(
             "LDMFinetune parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items())
         )
-
-
-class LDMPretrain(RankSeededModule):
-    """The synthetic benchmark's stand-in for a pretrained LDM, trained in two runs (``stage``):
-
-    * ``vq``: the VQ autoencoder, loss ``L1(x_rec, x) + commit_weight * commitment`` (diffusers'
-      VectorQuantizer loss; no LPIPS or GAN: the synthetic images are flat shapes).
-    * ``unet``: a UNet on the frozen VQ's latents, conditioned on captions through cross-attention
-      (:class:`HashedCaptionEncoder`), epsilon MSE. Latents are scaled to unit std by the first batch
-      (LDM's ``scale_by_std``); the scale is exported as the VQ's ``scaling_factor``.
-
-    ``export_dir`` collects both: the vq run writes ``vqvae/``, the unet run reads it (or ``vq_path``) and
-    writes ``vqvae/``, ``unet/``, ``scheduler/``, which :func:`load_ldm` reads. The caption encoder is not
-    exported: fine-tuning replaces it by the fMRI condition.
-    """
-
-    def __init__(
-        self,
-        num_voxels: int = 0,
-        stage: Literal["vq", "unet"] = "vq",
-        ldm_config: LDMConfigName = "small",
-        export_dir: str | None = "checkpoints/ldm/synthetic-small",
-        vq_path: str | None = None,
-        commit_weight: float = 1.0,
-        lr: float = 2e-4,
-        min_lr: float = 1e-5,
-        warmup_fraction: float = 0.02,
-        weight_decay: float = 0.0,
-        image_size: int | None = None,
-        vocab_size: int = 4096,
-        max_words: int = 16,
-    ):
-        super().__init__()
-        self.save_hyperparameters()
-        config = named_ldm_config(ldm_config)
-        if stage == "vq":
-            self.vq = build_vq(config["vq"])
-            return
-        path = vq_path or (export_dir and str(Path(export_dir) / "vqvae"))
-        if not path or not Path(path).is_dir():
-            raise FileNotFoundError(f"stage 'unet' needs the VQ from stage 'vq': no directory {path!r}")
-        self.vq = VQModel.from_pretrained(path).requires_grad_(False).eval()
-        self.unet = build_unet(config["unet"])
-        self.captions = HashedCaptionEncoder(self.unet.config.cross_attention_dim, vocab_size, max_words)
-        self.noise_scheduler = DDPMScheduler(**config["scheduler"])
-        self.register_buffer("latent_scale", torch.zeros(()))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.hparams.stage == "unet":
-            self.vq.eval()
-        return self
-
-    def _caption_batch(self, captions: list[list[str]]) -> list[str]:
-        """One caption per sample: a random one in training, the first otherwise."""
-        if not self.training:
-            return [caps[0] for caps in captions]
-        return [caps[int(torch.randint(len(caps), ()))] for caps in captions]
-
-    def losses(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        x = to_model_range(batch["image"], self.hparams.image_size)
-        if self.hparams.stage == "vq":
-            out = self.vq(x)
-            rec, commit = F.l1_loss(out.sample, x), out.commit_loss.mean()
-            return {"loss": rec + self.hparams.commit_weight * commit, "rec": rec, "commit": commit}
-        with torch.no_grad():
-            latents = self.vq.encode(x).latents  # b c h w
-        if self.latent_scale == 0:  # the first batch fixes the scale (also on resume: it is a buffer)
-            std = latents.float().std()
-            if self._trainer is not None:
-                std = self.trainer.strategy.reduce(std, reduce_op="mean")
-            self.latent_scale.fill_(1 / std)
-        context = self.captions(self._caption_batch(batch["captions"]))
-        loss = diffusion_loss(
-            self.unet,
-            self.noise_scheduler,
-            latents * self.latent_scale,
-            generator,
-            encoder_hidden_states=context,
-        )
-        return {"loss": loss}
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self.losses(batch)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True)
-        return losses["loss"]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        losses = self.losses(batch, torch.Generator(self.device).manual_seed(batch_idx))
-        self.log_dict(
-            {f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch["key"])
-        )
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        return adamw_warmup_cosine(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay)
-
-    def export(self, directory: str | Path) -> Path:
-        """Write what this stage trained as a diffusers directory (see the class docstring)."""
-        root = Path(directory)
-        if self.hparams.stage == "vq":
-            self.vq.save_pretrained(root / "vqvae")
-            return root
-        if self.latent_scale == 0:
-            raise RuntimeError("export before any batch was seen: the latent scale is not set")
-        self.vq.register_to_config(scaling_factor=float(self.latent_scale))
-        return save_ldm(LDM(self.vq, self.unet, self.noise_scheduler), root)
-
-    def on_train_end(self) -> None:
-        if self.trainer.fast_dev_run:  # a smoke test must not replace a trained export
-            rank_zero_info(f"fast_dev_run: nothing exported to {self.hparams.export_dir}")
-        elif self.hparams.export_dir and self.trainer.is_global_zero:
-            rank_zero_info(
-                f"exported the {self.hparams.stage} stage to {self.export(self.hparams.export_dir)}"
-            )
