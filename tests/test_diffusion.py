@@ -145,6 +145,8 @@ def test_condition_gain_is_the_loss_rise_under_another_samples_fmri():
         expected = module.loss(batch, torch.Generator().manual_seed(0)).item()
         assert logged["val/loss"] == pytest.approx(expected, rel=1e-6)
         assert logged["val/condition_gain"] != 0
+        gain_pct = 100 * logged["val/condition_gain"] / logged["val/loss"]
+        assert logged["val/condition_gain_pct"] == pytest.approx(gain_pct, rel=1e-5)
         same = batch | {"fmri": batch["fmri"][:1].expand(4, -1)}
         module.validation_step(same, 3)
     assert logged["val/condition_gain"] == 0

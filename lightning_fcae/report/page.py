@@ -79,12 +79,20 @@ def _seed_html(run_dir: Path, summary: dict) -> str:
     out.append("<p>" + " · ".join(links) + "</p>")
     grid = seed_dir / "recon" / "grid.png"
     if grid.is_file():
-        out.append(f"<img class='grid' src='{_link(run_dir, grid)}' alt='truth | reconstructions'>")
+        out.append(
+            f"<figure><img class='grid' src='{_link(run_dir, grid)}' alt='truth | reconstructions'>"
+            "<figcaption>each test image, then its reconstruction(s) to its right (first test trials, "
+            "enlarged without smoothing)</figcaption></figure>"
+        )
     if summary.get("recon"):
         out.append(_html_table(_metric_table(summary["recon"]), "h4"))
     if summary.get("identification"):
-        ident = ", ".join(f"{k} {v:.4f}" for k, v in summary["identification"].items())
-        out.append(f"<p>stage-2 identification (test): {_e(ident)}</p>")
+        ident = ", ".join(
+            f"{k} {v:.4f} (chance {1 / int(k.removeprefix('top1_').removesuffix('way')):.2f})"
+            for k, v in summary["identification"].items()
+        )
+        what = "ridge voxels -> CLIP embedding" if summary["method"] == "ridge" else "stage-2 fMRI embedding"
+        out.append(f"<p>identification among CLIP image embeddings, {what} (test): {_e(ident)}</p>")
     if summary.get("seconds"):
         times = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
         out.append(f"<p>time: {_e(times)}</p>")
@@ -99,7 +107,7 @@ th, td { border: 1px solid #bbb; padding: 2px 8px; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 .note { color: #555; font-size: small; margin: 0.2em 0; }
 .curves { display: flex; flex-wrap: wrap; gap: 8px; }
-img.grid { max-width: 100%; }
+img.grid { width: 100%; max-width: 1100px; image-rendering: pixelated; }
 figure { margin: 0; }
 """
 

@@ -239,6 +239,9 @@ class LDMFinetune(RankSeededModule):
         size = len(batch["key"])
         self.log("val/loss", loss, sync_dist=True, batch_size=size)
         self.log("val/condition_gain", loss_shuffled - loss, sync_dist=True, batch_size=size)
+        self.log(
+            "val/condition_gain_pct", 100 * (loss_shuffled - loss) / loss, sync_dist=True, batch_size=size
+        )
 
     @torch.no_grad()
     def reconstruct(
