@@ -19,6 +19,7 @@ from lightning_fcae.data.schema import (
     Manifest,
     ManifestError,
     SampleError,
+    SampleKeyError,
     ShardCountError,
     ShardIntegrityError,
 )
@@ -196,6 +197,16 @@ def test_bad_samples_raise_named_errors(toy_dataset, mutate, message):
     with pytest.raises(SampleError, match=message) as info:
         _all_batches(dm.train_dataloader())
     assert "subj01_nsd" in str(info.value)  # the message names the sample
+
+
+@pytest.mark.parametrize("key", ["../../../elsewhere/PWNED", "/abs/dir/PWNED", "subj01_nsd1_x"])
+def test_a_key_that_would_become_a_path_elsewhere_is_refused(toy_dataset, key):
+    path = _mutate_first_sample(toy_dataset, lambda s: s.update({"__key__": key}))
+    dm = _datamodule(toy_dataset, subjects=["subj01"], shuffle_buffer=1)
+    with pytest.raises(SampleKeyError, match=f"{path}: sample key '{key}' is not of the form"):
+        _all_batches(dm.train_dataloader())
+    with pytest.raises(SampleKeyError):  # the readers of data check, inspect and the CLIP cache too
+        list(iter_raw_samples([path]))
 
 
 def test_fewer_shards_than_ranks(toy_dataset):

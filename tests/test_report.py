@@ -82,7 +82,9 @@ def _fake_run(root: Path, names: dict[str, str] | None = None) -> Path:
                 "params": {"fmri": 1_234_567, "total": 23_456_789},
                 "modalities": "F+I+T" if method == "fcae" else "F",
                 "encoder": "fCAE" if method == "fcae" else "MAE",
-                "identification": {"top1_2way": 0.6, "top1_50way": top1} if top1 else None,
+                "identification": {"top1_2way": 0.6, "top1_50way": top1, "top1_50way_subj01": top1}
+                if top1
+                else None,
                 "recon": recon,
                 "seconds": {"stage1": 12.5, "stage2": 3.0, "stage3": 30.0},
             }
@@ -192,6 +194,8 @@ def test_report_references_existing_files_only(tmp_path):
     assert {f"plots/{m}_seed{s}_stage{k}.png" for m in SCORES for s in (0, 1) for k in (1, 2, 3)} <= refs
     assert "MinD-Vis &lt;repro&gt;" in page and "<repro>" not in page  # escaped
     assert "no weights on disk" in page  # skipped metrics are said, not hidden
+    assert "top1_2way 0.6000 (chance 0.50)" in page and "top1_50way_subj01" in page  # per subject too
+    assert "(chance 0.02)" in page
     for name in ("table2.md", "table2.csv"):
         assert (run / name).stat().st_size > 0
 

@@ -51,6 +51,11 @@ class SampleError(DatasetError):
     """One sample inside a shard is invalid (wrong voxel count, NaN, undecodable image, ...)."""
 
 
+class SampleKeyError(SampleError):
+    """A sample key outside the format (``subj01_nsd012345``): keys become file names and cache lookups,
+    so one such as ``../../x`` must never be read as data."""
+
+
 class ShardCountError(DatasetError):
     """Too few shards to give every rank x worker at least one (webdataset would hang or starve)."""
 
@@ -84,6 +89,16 @@ def sample_key(subject: str, image_id: int, prefix: str = "nsd") -> str:
     key = f"{subject}_{prefix}{image_id:06d}"
     if not _SAMPLE_KEY.match(key):
         raise ValueError(f"invalid sample key {key!r}: subject must look like 'subj01'")
+    return key
+
+
+def check_sample_key(key: object, where: str) -> str:
+    """``key`` if it has the format :func:`sample_key` writes, else a :class:`SampleKeyError` naming ``where``."""
+    if not isinstance(key, str) or not _SAMPLE_KEY.match(key):
+        raise SampleKeyError(
+            f"{where}: sample key {key!r} is not of the form subj01_nsd012345; keys become file names, so "
+            "this shard is refused (rewrite it with `lightning-fcae data synth` / `data nsd`)"
+        )
     return key
 
 

@@ -35,6 +35,7 @@ from .schema import (
     ShardInfo,
     ShardIntegrityError,
     SplitInfo,
+    check_sample_key,
     sample_key,
 )
 
@@ -349,6 +350,7 @@ class ShardReader:
             count = 0
             for sample in tarfile_samples([item], handler=raise_shard_error, select_files=self._select):
                 count += 1
+                check_sample_key(sample["__key__"], item["url"])
                 yield sample
             url = item["url"]
             if count != self.expected[url]:
@@ -388,4 +390,8 @@ def iter_raw_samples(paths: Iterable[str | Path]):
     """Plain iteration over raw sample dicts of local shards (no manifest needed); a broken tar still
     raises a ShardIntegrityError naming it."""
     for path in paths:
-        yield from wds.WebDataset(str(path), shardshuffle=False, empty_check=False, handler=raise_shard_error)
+        for sample in wds.WebDataset(
+            str(path), shardshuffle=False, empty_check=False, handler=raise_shard_error
+        ):
+            check_sample_key(sample["__key__"], str(path))
+            yield sample

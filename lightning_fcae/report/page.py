@@ -7,6 +7,7 @@ zipped as it is.
 from __future__ import annotations
 
 import html
+import re
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -87,10 +88,7 @@ def _seed_html(run_dir: Path, summary: dict) -> str:
     if summary.get("recon"):
         out.append(_html_table(_metric_table(summary["recon"]), "h4"))
     if summary.get("identification"):
-        ident = ", ".join(
-            f"{k} {v:.4f} (chance {1 / int(k.removeprefix('top1_').removesuffix('way')):.2f})"
-            for k, v in summary["identification"].items()
-        )
+        ident = ", ".join(f"{k} {v:.4f} (chance {_chance(k)})" for k, v in summary["identification"].items())
         what = "ridge voxels -> CLIP embedding" if summary["method"] == "ridge" else "stage-2 fMRI embedding"
         out.append(f"<p>identification among CLIP image embeddings, {what} (test): {_e(ident)}</p>")
     if summary.get("seconds"):
@@ -98,6 +96,12 @@ def _seed_html(run_dir: Path, summary: dict) -> str:
         out.append(f"<p>time: {_e(times)}</p>")
     out.append(_curves_html(run_dir, seed_dir, prefix))
     return "\n".join(out)
+
+
+def _chance(key: str) -> str:
+    """Chance level of an identification key: ``top1_<n>way`` or per subject ``top1_<n>way_<subject>``."""
+    match = re.match(r"top1_(\d+)way(?:_|$)", key)
+    return f"{1 / int(match.group(1)):.2f}" if match else "?"
 
 
 STYLE = """
