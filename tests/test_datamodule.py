@@ -241,6 +241,37 @@ def test_norm_stats_are_training_moments(toy_dataset):
     assert np.abs(mean - expected).max() < 1.2  # 48 draws of 2*N(0,1): 4 sigma is ~1.2
 
 
+def _rewrite_norm_stats(root: Path, change, rehash: bool = True) -> None:
+    path = root / "norm_stats.npz"
+    with np.load(path) as data:
+        arrays = dict(data)
+    change(arrays)
+    np.savez(path, **arrays)
+    if rehash:
+        manifest = Manifest.load(root)
+        manifest.norm_stats_sha256 = sha256_file(path)
+        manifest.save(root)
+
+
+@pytest.mark.parametrize(
+    ("change", "rehash", "message"),
+    [
+        (lambda a: a["subj01_std"].__setitem__(3, 0.0), True, "subj01 std is <= 0 for 1 voxels"),
+        (lambda a: a["subj01_mean"].__setitem__(0, np.nan), True, "subj01 stats hold NaN"),
+        (lambda a: a.pop("subj01_std"), True, "not the per-subject"),
+        (lambda a: a.update(subj01_std=a["subj01_std"][:-1]), True, r"shapes \(40,\) / \(39,\)"),
+        (lambda a: a["subj01_std"].__setitem__(3, 2.0), False, "sha256 differs"),
+    ],
+    ids=["zero-std", "nan", "missing", "shape", "hash"],
+)
+def test_damaged_norm_stats_are_named_before_training(toy_dataset, change, rehash, message):
+    from lightning_fcae.data.schema import NormStatsError
+
+    _rewrite_norm_stats(toy_dataset, change, rehash)
+    with pytest.raises(NormStatsError, match=message):
+        _datamodule(toy_dataset).train_dataloader()
+
+
 def test_datasets_stream_from_urls(toy_dataset):
     """Any fsspec/webdataset URL works like a local path (here file://, as s3:// or gs:// would)."""
     dm = _datamodule(f"file://{toy_dataset}", num_workers=2)

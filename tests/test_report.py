@@ -224,6 +224,16 @@ def test_missing_run_or_summaries_is_a_clear_error(tmp_path):
         write_report(tmp_path / "empty")
 
 
+@pytest.mark.parametrize(("key", "value"), [("method", "../../../elsewhere/x"), ("seed", "0/../../x")])
+def test_a_summary_cannot_name_files_outside_the_run(tmp_path, key, value):
+    run = _fake_run(tmp_path)
+    path = run / "fcae" / "seed0" / "summary.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {key: value}))
+    with pytest.raises(ValueError, match=f"its {key} .* is not its folder's"):
+        write_report(run)
+    assert not (tmp_path / "elsewhere").exists() and not (run / "report.html").exists()
+
+
 def test_data_note_names_each_dataset_once():
     recon = {"meta": {"data_dir": "data/x", "split": "test", "images": 4, "subjects": {"subj01": 4}}}
     summaries = [{"recon": recon, "data_dir": "data/x"}, {"recon": None, "data_dir": "data/x"}]

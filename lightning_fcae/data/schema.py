@@ -43,6 +43,10 @@ class ManifestError(DatasetError):
     """The manifest is malformed or disagrees with the shards it describes."""
 
 
+class NormStatsError(ManifestError):
+    """``norm_stats.npz`` does not match the manifest's hash or holds unusable values (NaN, std <= 0)."""
+
+
 class ShardIntegrityError(DatasetError):
     """A shard is truncated, unreadable, or does not match its recorded size/hash."""
 

@@ -31,6 +31,7 @@ from .schema import (
     SPLITS,
     Manifest,
     ManifestError,
+    NormStatsError,
     SampleError,
     ShardInfo,
     ShardIntegrityError,
@@ -261,12 +262,27 @@ def load_norm_stats(root: str | Path, manifest: Manifest) -> dict[str, tuple[np.
             payload = handle.read()
     except FileNotFoundError as exc:
         raise ManifestError(f"{path} is missing (named by the manifest's norm_stats)") from exc
-    with np.load(io.BytesIO(payload)) as data:
-        stats = {s: (data[f"{s}_mean"], data[f"{s}_std"]) for s in manifest.subjects}
-    for subject, (mean, _) in stats.items():
-        if mean.shape != (manifest.subjects[subject],):
-            raise ManifestError(
-                f"{path}: {subject} stats have {mean.shape[0]} voxels, manifest says {manifest.subjects[subject]}"
+    if manifest.norm_stats_sha256 and hashlib.sha256(payload).hexdigest() != manifest.norm_stats_sha256:
+        raise NormStatsError(
+            f"{path}: sha256 differs from the manifest's norm_stats_sha256 (damaged or replaced?)"
+        )
+    try:
+        with np.load(io.BytesIO(payload)) as data:
+            stats = {s: (data[f"{s}_mean"], data[f"{s}_std"]) for s in manifest.subjects}
+    except (KeyError, ValueError, OSError) as exc:
+        raise NormStatsError(f"{path}: not the per-subject <subject>_mean/_std arrays ({exc})") from exc
+    for subject, (mean, std) in stats.items():
+        n = manifest.subjects[subject]
+        if mean.shape != (n,) or std.shape != (n,):
+            raise NormStatsError(
+                f"{path}: {subject} stats have shapes {mean.shape} / {std.shape}, manifest says ({n},)"
+            )
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise NormStatsError(f"{path}: {subject} stats hold NaN or inf")
+        if not (std > 0).all():
+            raise NormStatsError(
+                f"{path}: {subject} std is <= 0 for {int((std <= 0).sum())} voxels (the dataset writer sets a "
+                "dead voxel's std to 1, so this file was not written by it); regenerate the dataset"
             )
     return stats
 

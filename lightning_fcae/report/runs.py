@@ -21,8 +21,16 @@ def load_summaries(run_dir: str | Path) -> list[dict]:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(summary, dict):
             raise ValueError(f"{path} holds a {type(summary).__name__}, not a pipeline summary (a mapping)")
-        summary.setdefault("method", path.parent.parent.name)
-        summary.setdefault("seed", int(path.parent.name.removeprefix("seed")))
+        # method and seed name plot files: they must be the folder's own, never a path from the file
+        folder = {"method": path.parent.parent.name, "seed": path.parent.name.removeprefix("seed")}
+        summary.setdefault("method", folder["method"])
+        summary.setdefault("seed", int(folder["seed"]) if folder["seed"].isdigit() else folder["seed"])
+        for key, value in folder.items():
+            if str(summary[key]) != value:
+                raise ValueError(
+                    f"{path}: its {key} {summary[key]!r} is not its folder's ({value!r}); "
+                    "summaries are written by `lightning-fcae pipeline`, do not edit them"
+                )
         summaries.append(summary | {"dir": path.parent})
     unfinished = sorted(
         str(seed.relative_to(run_dir))
