@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -250,6 +251,9 @@ def reconstruct(
     settings = dict(ckpt=str(Path(ckpt).resolve()), ckpt_sha256=sha256_file(ckpt), split=split)
     settings |= dict(steps=steps, guidance=guidance)
     settings |= dict(samples=samples, seed=seed)
+    # the data by content too: other fMRI under the same keys must not reuse these PNGs (the manifest
+    # holds every shard's and the norm stats' sha256)
+    settings |= dict(data_sha256=hashlib.sha256(data.manifest.to_json().encode()).hexdigest())
     _check_settings(out, settings)
     for folder in ("images", "truth"):
         (out / folder).mkdir(exist_ok=True)

@@ -24,11 +24,11 @@ from tests.ddp import run_ranks
 V = 80  # padded voxel count of VOXELS
 
 
-def _textured_dataset(root):
+def _textured_dataset(root, fmri_seed: int = 0):
     """The toy layout of conftest (2 subjects; test: 8 shared images, 3 repeats) with textured images:
     pixel correlation is undefined on the toy set's flat colours."""
     with DatasetWriter(root, "textured", VOXELS, 16, {"generator": "test"}, samples_per_shard=8) as writer:
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(fmri_seed)
         for subject, n in VOXELS.items():
             for split, count, repeats, first_id in (
                 ("train", 16, 1, 0),
@@ -139,6 +139,10 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
     (out / "settings.json").write_text(json.dumps(settings | {"ckpt": str(retrained.resolve())}))
     with pytest.raises(ReconstructionError, match="ckpt_sha256"):
         reconstruct(retrained, data, out=out, steps=3, progress=False)
+    # other fMRI under the same keys is another evaluation: its PNGs are not these
+    other = _textured_dataset(tmp_path / "other-data", fmri_seed=1)
+    with pytest.raises(ReconstructionError, match="data_sha256"):
+        reconstruct(ckpt, other, out=out, steps=3, progress=False)
 
 
 def test_sampling_settings_default_to_the_checkpoints(trained, tmp_path):
