@@ -27,6 +27,7 @@ import json
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,11 @@ class Pipeline:
         config = self.stage_config(stage, config_file, stage_dir, seed, extra)
         args = ["fit", "--config", str(stage_dir / "run.yaml")]
         if last.is_file():  # an interrupted fit left it; a finished one is skipped in run()
+            if not zipfile.is_zipfile(last):  # torch's format is a zip: a cut-off file has no directory
+                raise PlanError(
+                    f"{last}, where {stage_dir.name} would resume, is damaged (cut off by a crash while it "
+                    f"was written?); delete {last.parent} to rerun {stage_dir.name} from its start"
+                )
             args += ["--ckpt_path", str(last)]
         self.run(stage_dir, config, args)
         return last

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_fcae.pipeline import METHODS, Pipeline, last_csv_values, main
@@ -100,12 +101,17 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path, synthet
     plan = write_plan(tmp_path, tiny_plan(synthetic_tiny))
     last = out / "fcae/seed0/stage1/checkpoints/last.ckpt"
     last.parent.mkdir(parents=True)
-    last.write_bytes(b"")  # what an interrupted fit leaves behind (no done-fit.json)
+    torch.save({"epoch": 0}, last)  # what an interrupted fit leaves behind (no done-fit.json)
     assert main(["--plan", str(plan), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out.splitlines()
     stage1 = next(line for line in printed if "fcae/seed0/stage1:" in line)
     assert stage1.endswith(f"--ckpt_path {last}")
     assert not any("--ckpt_path" in line for line in printed if "stage2: lightning_fcae fit" in line)
+    # one cut off mid-write is named with the fix, not a PytorchStreamReader error on every rerun
+    last.write_bytes(last.read_bytes()[:-100])
+    assert main(["--plan", str(plan), "--out", str(out), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert f"{last}, where stage1 would resume, is damaged" in error and f"delete {last.parent}" in error
 
 
 def test_a_stage_done_with_another_config_is_refused(tmp_path, synthetic_tiny, capsys):
