@@ -112,6 +112,16 @@ def csv_logger(stage_dir: Path, version: str) -> dict:
     }
 
 
+def keep_csv_history(log_dir: Path) -> None:
+    """Move a killed run's ``metrics.csv`` aside as ``metrics.part<k>.csv`` before it resumes: Lightning's
+    CSVLogger deletes the file it finds, and with it every epoch logged before the kill. The report's
+    curves read the parts in order (``report/curves.py``)."""
+    metrics = log_dir / "metrics.csv"
+    if metrics.is_file():
+        k = 1 + sum(1 for _ in log_dir.glob("metrics.part*.csv"))
+        metrics.rename(log_dir / f"metrics.part{k}.csv")
+
+
 def last_csv_values(path: Path) -> dict[str, float]:
     """The last logged value of every column of a CSVLogger ``metrics.csv`` (rows are sparse)."""
     values = {}
@@ -159,6 +169,8 @@ class Pipeline:
                     f"was written?); delete {last.parent} to rerun {stage_dir.name} from its start"
                 )
             args += ["--ckpt_path", str(last)]
+            if not self.dry_run:
+                keep_csv_history(stage_dir / "csv" / "fit")
         self.run(stage_dir, config, args)
         return last
 

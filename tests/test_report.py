@@ -200,6 +200,23 @@ def test_report_references_existing_files_only(tmp_path):
         assert (run / name).stat().st_size > 0
 
 
+def test_a_resumed_stage_keeps_its_loss_history(tmp_path):
+    from lightning_fcae.pipeline import keep_csv_history
+
+    log_dir = tmp_path / "stage1" / "csv" / "fit"
+    log_dir.mkdir(parents=True)
+    for steps in ((0, 1), (2, 3), (4,)):  # killed twice, resumed twice
+        keep_csv_history(log_dir)  # what the pipeline does before resuming
+        rows = "".join(f"0,{step},{10 - step}\n" for step in steps)
+        (log_dir / "metrics.csv").write_text("epoch,step,train/loss\n" + rows)
+    assert sorted(p.name for p in log_dir.iterdir()) == [
+        "metrics.csv",
+        "metrics.part1.csv",
+        "metrics.part2.csv",
+    ]
+    assert training_losses(tmp_path / "stage1") == {"train/loss": ([0, 1, 2, 3, 4], [10, 9, 8, 7, 6])}
+
+
 def test_table3_only_for_ablation_runs(tmp_path):
     run = _fake_run(tmp_path)  # a Table-2 run: its summaries name no other table
     write_report(run)

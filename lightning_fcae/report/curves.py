@@ -19,17 +19,27 @@ def training_losses(stage_dir: Path) -> dict[str, tuple[list[float], list[float]
     return {}
 
 
+def _history(path: Path) -> list[Path]:
+    """``path`` after the parts a resumed run moved aside (``metrics.part1.csv``, ``part2``, ...)."""
+    parts = sorted(
+        path.parent.glob("metrics.part*.csv"), key=lambda p: int(p.stem.removeprefix("metrics.part"))
+    )
+    return [*parts, path]
+
+
 def _loss_series(path: Path) -> dict[str, tuple[list[float], list[float]]]:
-    """``{column: (steps, values)}`` of every column ending in 'loss'; CSVLogger rows are sparse (a row
-    holds only the keys logged at that step), so empty cells are skipped."""
+    """``{column: (steps, values)}`` of every column ending in 'loss', over the run's whole history (the
+    parts before each resume first); CSVLogger rows are sparse (a row holds only the keys logged at that
+    step), so empty cells are skipped."""
     series: dict[str, tuple[list[float], list[float]]] = {}
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            for name, value in row.items():
-                if name and name.endswith("loss") and value not in ("", None) and row.get("step"):
-                    steps, values = series.setdefault(name, ([], []))
-                    steps.append(float(row["step"]))
-                    values.append(float(value))
+    for part in _history(path):
+        with part.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                for name, value in row.items():
+                    if name and name.endswith("loss") and value not in ("", None) and row.get("step"):
+                        steps, values = series.setdefault(name, ([], []))
+                        steps.append(float(row["step"]))
+                        values.append(float(value))
     return series
 
 
