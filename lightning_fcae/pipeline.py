@@ -79,6 +79,7 @@ STAGE_CONFIGS = {
     "stage3": "stage3_ldm.yaml",
     "classifier": "classifier_pretrain.yaml",
 }
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes after config.json
 
 
 def modalities(method: Method) -> str:
@@ -156,9 +157,18 @@ class Pipeline:
         config = deep_merge(config, extra)
         return run_paths(config, stage_dir, f"{self.out.name}-{stage_dir.parent.name}-{stage_dir.name}")
 
-    def fit(self, stage: str, config_file: str, stage_dir: Path, seed: int, extra: dict) -> Path:
+    def fit(
+        self,
+        stage: str,
+        config_file: str,
+        stage_dir: Path,
+        seed: int,
+        extra: dict,
+        exports: tuple[Path, ...] = (),
+    ) -> Path:
         """``lightning fit`` one stage (skipped when done, resumed from its last checkpoint when it was
-        interrupted); returns its last checkpoint."""
+        interrupted); returns its last checkpoint. ``exports``: files the stage writes besides its
+        checkpoint; the stage is done only once they exist."""
         last = stage_dir / "checkpoints" / "last.ckpt"
         config = self.stage_config(stage, config_file, stage_dir, seed, extra)
         args = ["fit", "--config", str(stage_dir / "run.yaml")]
@@ -171,13 +181,22 @@ class Pipeline:
             args += ["--ckpt_path", str(last)]
             if not self.dry_run:
                 keep_csv_history(stage_dir / "csv" / "fit")
-        self.run(stage_dir, config, args)
+        self.run(stage_dir, config, args, exports=exports)
         return last
 
-    def run(self, stage_dir: Path, config: dict, args: list[str], config_name: str = "run.yaml") -> None:
-        """Run one command in ``stage_dir`` unless it finished before with this very config. A stage
-        that finished (or started, for a resumable fit) with another config is a :class:`PlanError`:
-        skipping it would report stale results, re-running it would leave later stages stale."""
+    def run(
+        self,
+        stage_dir: Path,
+        config: dict,
+        args: list[str],
+        config_name: str = "run.yaml",
+        exports: tuple[Path, ...] = (),
+    ) -> None:
+        """Run one command in ``stage_dir`` unless it finished before with this very config and left its
+        ``exports``. A stage that finished (or started, for a resumable fit) with another config is a
+        :class:`PlanError`: skipping it would report stale results, re-running it would leave later
+        stages stale. A finished stage whose export is missing runs again: resumed at its end, the fit
+        only exports."""
         self.step += 1
         done = stage_dir / f"done-{args[0]}.json"
         label = f"[{self.step}/{self.total_steps} {self.elapsed()}] {stage_dir.relative_to(self.out)}"
@@ -192,7 +211,8 @@ class Pipeline:
                     f"({', '.join(changed)} differ from {saved.name}); use a new --out, or delete "
                     f"{stage_dir} and the stages that follow it to re-run them"
                 )
-        if done.is_file():
+        missing = [path for path in exports if not path.exists()]
+        if done.is_file() and not missing:
             print(f"{label}: done already, skipped", flush=True)
             return
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +225,11 @@ class Pipeline:
         result = subprocess.run(command)
         if result.returncode != 0:
             raise RuntimeError(f"{stage_dir}: `{' '.join(command)}` failed (exit {result.returncode})")
+        missing = [str(path) for path in exports if not path.exists()]
+        if missing:
+            raise RuntimeError(
+                f"{stage_dir}: `{' '.join(command)}` finished without writing {', '.join(missing)}"
+            )
         done.write_text(json.dumps({"seconds": round(time.monotonic() - start, 1), "command": command}))
 
     def elapsed(self) -> str:
@@ -226,7 +251,9 @@ class Pipeline:
             "architecture"
         ]
         extra = {"model": {"init_args": {"export_path": str(weights)}}}
-        self.fit("clip_pretrain", STAGE_CONFIGS["clip_pretrain"], shared / "clip_pretrain", 0, extra)
+        self.fit(
+            "clip_pretrain", STAGE_CONFIGS["clip_pretrain"], shared / "clip_pretrain", 0, extra, (weights,)
+        )
         return model, str(weights)
 
     def ldm(self, clip: tuple[str, str]) -> str:
@@ -241,16 +268,20 @@ class Pipeline:
             extra = {"model": {"init_args": {"part": part, "export_dir": str(export)}}}
             if part == "unet":
                 extra["data"] = {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}
-            self.fit(
-                f"ldm_{part}", STAGE_CONFIGS[f"ldm_{part}"], self.out / "shared" / f"ldm_{part}", 0, extra
-            )
+            stage_dir = self.out / "shared" / f"ldm_{part}"
+            written = ("vqvae",) if part == "vq" else ("unet", "condition")  # condition/ is written last
+            exports = tuple(export / name / DIFFUSERS_WEIGHTS for name in written)
+            self.fit(f"ldm_{part}", STAGE_CONFIGS[f"ldm_{part}"], stage_dir, 0, extra, exports)
         return str(export)
 
     def classifier(self) -> Path:
         """The judge of the stand-in checks, trained on the data (``make stand-ins`` only)."""
         export = self.out / "shared" / "classifier_export"
         extra = {"model": {"init_args": {"export_dir": str(export)}}}
-        self.fit("classifier", STAGE_CONFIGS["classifier"], self.out / "shared" / "classifier", 0, extra)
+        stage_dir = self.out / "shared" / "classifier"
+        self.fit(
+            "classifier", STAGE_CONFIGS["classifier"], stage_dir, 0, extra, (export / DIFFUSERS_WEIGHTS,)
+        )
         return export
 
     # --- the ridge yardstick ---------------------------------------------------------------------

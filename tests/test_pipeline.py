@@ -197,3 +197,17 @@ def test_full_chain_runs_and_resumes(tmp_path, synthetic_tiny, monkeypatch, caps
     capsys.readouterr()
     assert main(["--plan", str(plan), "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("done already, skipped") == 9  # 8 stages and the ridge
+
+
+def test_a_lost_export_is_written_again_before_a_stage_counts_as_done(tmp_path, synthetic_tiny, monkeypatch):
+    """A kill between a stand-in's last checkpoint and its export left a stage that resumed at its end
+    as a no-op: the export happens at fit end (also when resumed there) and is checked."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    plan = tiny_plan(synthetic_tiny)
+    plan["stages"]["classifier"] = deep_merge(TINY_IMAGES, FAST)
+    pipeline = Pipeline(plan, tmp_path / "run", Path(__file__).resolve().parents[1] / "configs")
+    weights = pipeline.classifier() / "diffusion_pytorch_model.safetensors"
+    trained = weights.read_bytes()
+    weights.unlink()  # as if killed after the checkpoint, before the export
+    pipeline.classifier()
+    assert weights.read_bytes() == trained

@@ -27,7 +27,7 @@ class ClassifierPretrain(RankSeededModule):
         width: the classifier's first conv width.
         shift: largest random translation, as a fraction of the image side.
         lr / min_lr / warmup_fraction / weight_decay: AdamW, per-step warmup then cosine decay.
-        export_dir: where ``on_train_end`` writes the classifier (a diffusers model folder); None: nowhere.
+        export_dir: where ``on_fit_end`` writes the classifier (a diffusers model folder); None: nowhere.
     """
 
     def __init__(
@@ -78,7 +78,9 @@ class ClassifierPretrain(RankSeededModule):
         hp = self.hparams
         return adamw_warmup_cosine(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay)
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Export here, not in ``on_train_end``: Lightning skips that when a resumed checkpoint is already
+        at ``max_steps``, so a kill between the last checkpoint and the export would never export."""
         if self.trainer.fast_dev_run:  # a smoke test must not replace a trained export
             rank_zero_info(f"fast_dev_run: nothing exported to {self.hparams.export_dir}")
         elif self.hparams.export_dir and self.trainer.is_global_zero:

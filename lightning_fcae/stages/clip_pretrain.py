@@ -39,7 +39,7 @@ class ClipPretrain(RankSeededModule):
         lr / min_lr / warmup_fraction: linear warmup then cosine decay, per step.
         weight_decay: AdamW weight decay (not on norms, biases, class embedding, logit scale).
         crop_scale: area range of the random resized crop.
-        export_path: where ``on_train_end`` writes the open_clip state dict; ``{architecture}`` in it
+        export_path: where ``on_fit_end`` writes the open_clip state dict; ``{architecture}`` in it
             becomes the architecture name (None: do not export).
     """
 
@@ -144,7 +144,9 @@ class ClipPretrain(RankSeededModule):
         tmp.replace(path)  # atomic: stage 2 never loads a half-written file
         return path
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Export here, not in ``on_train_end``: Lightning skips that when a resumed checkpoint is already
+        at ``max_steps``, so a kill between the last checkpoint and the export would never export."""
         if self.trainer.fast_dev_run:  # a smoke test must not replace trained weights
             rank_zero_info(f"fast_dev_run: nothing exported to {self.hparams.export_path}")
         elif self.hparams.export_path and self.trainer.is_global_zero:

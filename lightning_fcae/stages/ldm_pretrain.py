@@ -179,7 +179,9 @@ class LDMPretrain(RankSeededModule):
         self.vq.register_to_config(scaling_factor=float(self.latent_scale))
         return save_ldm(LDM(self.vq, self.unet, self.noise_scheduler, self.condition), root)
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        """Export here, not in ``on_train_end``: Lightning skips that when a resumed checkpoint is already
+        at ``max_steps``, so a kill between the last checkpoint and the export would never export."""
         if self.trainer.fast_dev_run:  # a smoke test must not replace a trained export
             rank_zero_info(f"fast_dev_run: nothing exported to {self.hparams.export_dir}")
         elif self.hparams.export_dir and self.trainer.is_global_zero:
