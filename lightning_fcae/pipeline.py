@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from .plan import PlanError, changed_keys, check_plan, deep_merge, load_yaml
+from .run_lock import die_with_parent, run_lock
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ class Pipeline:
         if self.dry_run:
             return
         start = time.monotonic()
-        result = subprocess.run(command)
+        result = subprocess.run(command, preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads here)
         if result.returncode != 0:
             raise RuntimeError(f"{stage_dir}: `{' '.join(command)}` failed (exit {result.returncode})")
         missing = [str(path) for path in exports if not path.exists()]
@@ -411,10 +412,11 @@ class Pipeline:
 
             self.stand_ins = load_stand_ins(self.plan["stand_ins"], self.data_dir)
         self.total_steps = self.count_steps(methods, seeds)
-        clip = self.clip()
-        self.ridge(clip)
-        ldm = self.ldm(clip)
-        summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
+        with run_lock(self.out):
+            clip = self.clip()
+            self.ridge(clip)
+            ldm = self.ldm(clip)
+            summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
         done = "dry run: configs written, nothing run" if self.dry_run else "all stages done"
         print(f"[pipeline {self.elapsed()}] {done}", flush=True)
         return summaries

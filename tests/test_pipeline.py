@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +215,58 @@ def test_a_lost_export_is_written_again_before_a_stage_counts_as_done(tmp_path, 
     weights.unlink()  # as if killed after the checkpoint, before the export
     pipeline.classifier()
     assert weights.read_bytes() == trained
+
+
+def test_a_second_pipeline_on_the_same_folder_is_refused_in_one_line(tmp_path, synthetic_tiny, capsys):
+    from lightning_fcae.run_lock import LOCK_NAME, run_lock
+
+    out = tmp_path / "run"
+    plan = write_plan(tmp_path, tiny_plan(synthetic_tiny))
+    with run_lock(out):  # a live holder (this process)
+        assert main(["--plan", str(plan), "--out", str(out), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {out} is in use by another pipeline (pid {os.getpid()}); wait for it to end or use another --out\n"
+    )
+    assert not (out / "fcae").exists()
+    (out / LOCK_NAME).write_text("999999999\n")  # left by a killed run: the kernel freed its lock
+    assert main(["--plan", str(plan), "--out", str(out), "--dry-run"]) == 0
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\nState:\tZ" not in status.read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_a_killed_pipeline_takes_its_training_child_with_it(tmp_path, synthetic_tiny):
+    plan = tiny_plan(synthetic_tiny)
+    plan["stages"]["stage1"] = {"trainer": {"max_epochs": 1000, "max_steps": -1}}  # would run for minutes
+    path = write_plan(tmp_path, plan)
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_fcae",
+        "pipeline",
+        "--plan",
+        str(path),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    pipeline = subprocess.Popen(
+        [*command, "--methods", "mindvis"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not (children := _children(pipeline.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert children, "the pipeline started no stage"
+    pipeline.kill()  # SIGKILL: no handler of the pipeline runs
+    pipeline.wait()
+    deadline = time.monotonic() + 60
+    while any(map(_running, children)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_running, children)), "a stage outlived its pipeline"

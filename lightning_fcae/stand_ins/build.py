@@ -22,6 +22,7 @@ from ..data.schema import Manifest
 from ..models.ldm import load_ldm, save_ldm
 from ..models.scene_classifier import SceneClassifier
 from ..pipeline import Pipeline
+from ..run_lock import run_lock
 from .cards import Training, write_card
 from .checks import format_checks, run_checks
 from .shipped import StandIns, dataset_identity, half_state_dict, load_stand_ins, write_manifest
@@ -34,9 +35,10 @@ def train(plan: dict, runs: Path, configs: Path) -> dict[str, Path]:
     """Fit every stand-in (skipping finished ones); returns the run folder of each."""
     pipeline = Pipeline(plan, runs, configs)
     pipeline.total_steps = 4
-    clip = pipeline.clip()
-    pipeline.ldm(clip)
-    pipeline.classifier()
+    with run_lock(runs):
+        clip = pipeline.clip()
+        pipeline.ldm(clip)
+        pipeline.classifier()
     return {name: runs / "shared" / name for name in STAND_IN_STAGES}
 
 
