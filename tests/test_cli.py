@@ -72,6 +72,22 @@ def test_truncated_shard_is_a_named_error(tmp_path, capsys):
         check_dataset(root)
 
 
+def test_inspect_names_a_bad_caption_or_image(tmp_path):
+    from lightning_fcae.data.schema import SampleError
+
+    from .test_datamodule import _mutate_first_sample
+
+    root = write_toy_dataset(tmp_path / "toy")
+    _mutate_first_sample(root, lambda s: s.update({"captions.json": b"[]"}), split="test")
+    with pytest.raises(SampleError, match="subj01_nsd.*captions"):  # was an IndexError
+        inspect_dataset(root, grid=tmp_path / "grid.png")
+    _mutate_first_sample(
+        root, lambda s: s.update({"captions.json": b'["a"]', "image.png": b"?"}), split="test"
+    )
+    with pytest.raises(SampleError, match=r"subj01_nsd\d+: image does not decode \(not a PNG or JPEG\)"):
+        inspect_dataset(root, grid=tmp_path / "grid.png")
+
+
 @pytest.mark.parametrize("n_way", ["0", "1"])
 def test_check_rejects_n_way_below_two(tmp_path, capsys, n_way):
     assert _run(["data", "check", str(tmp_path / "any"), "--n-way", n_way]) == 2

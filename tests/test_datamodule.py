@@ -37,10 +37,10 @@ def _all_batches(loader) -> list[dict]:
     return list(loader)
 
 
-def _mutate_first_sample(root: Path, mutate) -> Path:
-    """Rewrite the first train shard with its first sample changed; keep the manifest consistent."""
+def _mutate_first_sample(root: Path, mutate, split: str = "train") -> Path:
+    """Rewrite the first shard of ``split`` with its first sample changed; keep the manifest consistent."""
     manifest = Manifest.load(root)
-    shard = manifest.splits["train"].shards[0]
+    shard = manifest.splits[split].shards[0]
     path = root / shard.path
     samples = [
         {k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from .schema import IMAGE_KEYS, Manifest, ShardIntegrityError
-from .shards import check_shard_file, decode_fmri, decode_image, decode_json, read_shards
+from .schema import CAPTIONS_KEY, IMAGE_KEYS, Manifest, ShardIntegrityError
+from .shards import check_shard_file, decode_fmri, decode_image, decode_json, read_shards, validate_captions
 from .transforms import image_to_uint8_chw
 
 
@@ -55,9 +55,8 @@ def inspect_dataset(
         fmri = decode_fmri(raw["fmri.npy"], manifest.subjects[meta["subject"]], key)
         image_key = next(k for k in IMAGE_KEYS if k in raw)
         images.append(image_to_uint8_chw(decode_image(raw[image_key], key), manifest.image_size))
-        captions.append(
-            f"{key}: fmri {list(fmri.shape)} mean {np.mean(fmri):+.2f} | {decode_json(raw['captions.json'], key, '')[0]}"
-        )
+        caption = validate_captions(decode_json(raw[CAPTIONS_KEY], key, CAPTIONS_KEY), key)[0]
+        captions.append(f"{key}: fmri {list(fmri.shape)} mean {np.mean(fmri):+.2f} | {caption}")
     grid = grid or root / "inspect.png"
     if images:
         save_image(

@@ -325,8 +325,9 @@ def decode_image(data: bytes, key: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SampleError(f"{key}: image does not decode ({exc})") from exc
+    except (UnidentifiedImageError, OSError) as exc:  # PIL names an in-memory file as "<_io.BytesIO ...>"
+        reason = "not a PNG or JPEG" if isinstance(exc, UnidentifiedImageError) else exc
+        raise SampleError(f"{key}: image does not decode ({reason})") from exc
     return image.convert("RGB")
 
 
