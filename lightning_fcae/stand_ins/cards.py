@@ -11,6 +11,8 @@ import torch
 
 from ..data.shards import sha256_file
 
+RESUMED = " (the last part only: the run was interrupted and resumed from its last checkpoint)"
+
 
 @dataclass
 class Training:
@@ -21,7 +23,15 @@ class Training:
 
     @property
     def seconds(self) -> float:
-        return json.loads((self.run_dir / "done-fit.json").read_text())["seconds"]
+        return self._done()["seconds"]
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the finishing run restarted from a checkpoint: its seconds then miss the earlier part."""
+        return "--ckpt_path" in self._done()["command"]
+
+    def _done(self) -> dict:
+        return json.loads((self.run_dir / "done-fit.json").read_text())
 
     @property
     def steps(self) -> str:
@@ -72,7 +82,8 @@ def write_card(
         "val for monitoring; no test image, caption or fMRI |",
         "| seed | 0 (`seed_everything`) |",
         *(
-            f"| training ({t.name}) | {t.steps}, {t.seconds / 60:.1f} min on {hardware()}, {date} |"
+            f"| training ({t.name}) | {t.steps}, {t.seconds / 60:.1f} min{RESUMED if t.resumed else ''} on "
+            f"{hardware()}, {date} |"
             for t in trainings
         ),
         "| stored | float16 safetensors (trained in float32; the checks below ran on these files) |",
