@@ -41,7 +41,7 @@ demo: data
 	$(PIPELINE) --methods fcae --seeds 0 --out results/demo
 
 # Regenerate the shipped stand-ins (CLIP, VQ + UNet, the checks' scene classifier) from the training split
-# of data/synthetic-small with the budgets of experiments/demo.yaml, their cards and hashes: about 2.5 hours
+# of data/synthetic-small with the budgets of experiments/demo.yaml, their cards and hashes: about 2.5-3 hours
 # on 2 CPU cores (a rerun resumes; runs in results/stand-ins).
 stand-ins: install data/synthetic-small/manifest.json
 	$(BIN)/lightning-fcae stand-ins train --plan experiments/demo.yaml --data data/synthetic-small \
