@@ -48,6 +48,19 @@ class FCAECLI(LightningCLI):
         parser.link_arguments("data.num_voxels", "model.init_args.num_voxels", apply_on="instantiate")
         parser.set_defaults({"trainer.precision": default_precision()})
 
+    def instantiate_trainer(self, **kwargs):
+        """Every trainer writes its checkpoints atomically (:class:`AtomicCheckpointIO`: a crash mid-write
+        never replaces the previous ``last.ckpt``), unless the config names a CheckpointIO of its own."""
+        from lightning.fabric.plugins import CheckpointIO
+
+        from .atomic import AtomicCheckpointIO
+
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**{"plugins": plugins, **kwargs})
+
     def before_fit(self) -> None:
         """``fast_dev_run`` is a smoke test and must not write checkpoints, but Lightning 2.6's
         ``ModelCheckpoint.on_train_end`` still saves ``last.ckpt`` after one: it would replace the

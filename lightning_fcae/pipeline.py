@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from . import atomic
 from .plan import PlanError, changed_keys, check_plan, deep_merge, load_yaml
 from .run_lock import die_with_parent, run_lock
 
@@ -231,7 +232,9 @@ class Pipeline:
             raise RuntimeError(
                 f"{stage_dir}: `{' '.join(command)}` finished without writing {', '.join(missing)}"
             )
-        done.write_text(json.dumps({"seconds": round(time.monotonic() - start, 1), "command": command}))
+        atomic.write_text(
+            done, json.dumps({"seconds": round(time.monotonic() - start, 1), "command": command})
+        )
 
     def elapsed(self) -> str:
         minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
@@ -330,7 +333,7 @@ class Pipeline:
             "recon": result["recon"],
             "settings": settings,
         }
-        path.write_text(json.dumps(summary, indent=2))
+        atomic.write_text(path, json.dumps(summary, indent=2))
 
     # --- one method x seed ------------------------------------------------------------------------
     def method(self, name: str, seed: int, clip: tuple[str, str], ldm: str) -> dict:
@@ -369,7 +372,7 @@ class Pipeline:
             "seconds": seconds,
         }
         if not self.dry_run:
-            (root / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic.write_text(root / "summary.json", json.dumps(summary, indent=2))
         return summary
 
     def test_identification(self, stage_dir: Path, seed: int, extra: dict, checkpoint: Path) -> dict | None:

@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from torchvision.io import ImageReadMode, decode_png, encode_png, read_file
 from torchvision.utils import save_image
 from tqdm import tqdm
 
+from . import atomic
 from .data.datamodule import NSDDataModule
 from .data.schema import DatasetError
 from .data.shards import sha256_file
@@ -103,11 +103,9 @@ def to_uint8(images: Tensor) -> Tensor:
 
 
 def write_png(path: Path, image: Tensor) -> None:
-    """``[3, H, W]`` uint8 -> PNG, via a rename: an interrupted run never leaves a truncated PNG behind
-    that a resumed run would take for a finished one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(encode_png(image).numpy().tobytes())
-    os.replace(tmp, path)
+    """``[3, H, W]`` uint8 -> PNG, written atomically: an interrupted run never leaves a truncated PNG
+    behind that a resumed run would take for a finished one."""
+    atomic.write_bytes(path, encode_png(image).numpy().tobytes())
 
 
 def read_png(path: Path) -> Tensor:
@@ -180,8 +178,7 @@ def _check_settings(out: Path, settings: dict) -> None:
                 f"{out} holds reconstructions made with other settings (was, now): {changed}; "
                 "use another --out, or the same settings to resume"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2))
+    atomic.write_text(path, json.dumps(settings, indent=2))
 
 
 def _mean(values: list[float]) -> float:
@@ -273,7 +270,8 @@ def reconstruct(
     bar.close()
 
     truth, recon = (torch.stack(x).float() / 255 for x in zip(*grid))  # n 3 H W, n s 3 H W
-    save_image(comparison_grid(truth, recon), out / "grid.png")
+    with atomic.atomic_file(out / "grid.png") as f:
+        save_image(comparison_grid(truth, recon), f, format="png")
     per_subject = {name: images.scores(n_way, device) for name, images in collected.items() if len(images)}
     counts = {name: len(collected[name]) for name in per_subject}
     metrics = summarise(per_subject)
@@ -286,7 +284,7 @@ def reconstruct(
         clip_pretrained=clip_pretrained,
         conventions=CONVENTIONS,
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 

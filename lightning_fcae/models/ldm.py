@@ -32,6 +32,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import TimestepEmbedding
 from torch import nn
 
+from ..atomic import save_pretrained
 from .condition import ClipCondition
 
 # The noise schedule of the CompVis LDMs (cin256-v2, the model MinD-Vis fine-tunes): 1000 training steps,
@@ -188,12 +189,13 @@ def load_ldm(path: str | Path) -> LDM:
 
 
 def save_ldm(ldm: LDM, path: str | Path) -> Path:
-    """Write the layout :func:`load_ldm` reads."""
+    """Write the layout :func:`load_ldm` reads, each part replaced whole (a kill mid-export leaves a part
+    missing, never cut off)."""
     root = Path(path)
     for name, part in zip(LDM_PARTS, (ldm.vq, ldm.unet, ldm.scheduler)):
-        part.save_pretrained(root / name)
+        save_pretrained(part, root / name)
     if ldm.condition is not None:
-        ldm.condition.save_pretrained(root / CONDITION_PART)
+        save_pretrained(ldm.condition, root / CONDITION_PART)
     return root
 
 

@@ -7,13 +7,12 @@ and the images it will judge come out of a VQ decoder, softer than the renders.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.transforms import v2
 
+from ..atomic import save_pretrained
 from ..models.scene_classifier import SceneClassifier
 from .optim import adamw_warmup_cosine
 from .seeding import RankSeededModule
@@ -84,5 +83,5 @@ class ClassifierPretrain(RankSeededModule):
         if self.trainer.fast_dev_run:  # a smoke test must not replace a trained export
             rank_zero_info(f"fast_dev_run: nothing exported to {self.hparams.export_dir}")
         elif self.hparams.export_dir and self.trainer.is_global_zero:
-            self.model.save_pretrained(Path(self.hparams.export_dir))
+            save_pretrained(self.model, self.hparams.export_dir)
             rank_zero_info(f"exported the scene classifier to {self.hparams.export_dir}")

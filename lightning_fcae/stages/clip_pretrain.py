@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from open_clip.loss import ClipLoss
 from torchvision.transforms import v2
 
+from ..atomic import atomic_file
 from ..models.clip import encode_captions, preprocess, preprocess_constants
 from .optim import adamw_warmup_cosine
 from .seeding import RankSeededModule
@@ -138,10 +139,8 @@ class ClipPretrain(RankSeededModule):
     def export(self, path: str | Path) -> Path:
         """Write the open_clip state dict (CPU tensors), loadable by ``load_clip(clip_model, path)``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, tmp)
-        tmp.replace(path)  # atomic: stage 2 never loads a half-written file
+        with atomic_file(path) as f:  # stage 2 never loads a half-written file
+            torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, f)
         return path
 
     def on_fit_end(self) -> None:

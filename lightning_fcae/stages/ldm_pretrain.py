@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, VQModel
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..atomic import save_pretrained
 from ..models.condition import ClipCondition
 from ..models.ldm import LDM, LDMConfigName, build_unet, build_vq, save_ldm, to_model_range
 from ..models.ldm import ldm_config as named_ldm_config
@@ -172,7 +173,7 @@ class LDMPretrain(RankSeededModule):
         """Write what this part trained as a diffusers directory (see the module doc)."""
         root = Path(directory)
         if self.hparams.part == "vq":
-            self.vq.save_pretrained(root / "vqvae")
+            save_pretrained(self.vq, root / "vqvae")
             return root
         if self.latent_scale == 0:
             raise RuntimeError("export before any batch was seen: the latent scale is not set")

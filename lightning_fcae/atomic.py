@@ -1,0 +1,113 @@
+"""Writes that a crash cannot leave half done: a killed process leaves the previous file or the new one.
+
+A file is written to a hidden temporary name in its own folder, flushed to disk (``fsync``), then renamed
+over the target with ``os.replace``, which is atomic within one file system; the folder is synced too, so
+the rename itself survives a power cut. The temporary file must be in the target's folder: renaming from
+another file system (``/tmp`` is often a tmpfs, or a local disk under an NFS run folder) falls back to
+copying into the target, and a kill mid-copy leaves it cut off. Lightning's own checkpoint writer stages
+through the system temp folder, hence :class:`AtomicCheckpointIO`.
+
+A killed writer can leave its ``.NAME.PID.tmp`` file behind; nothing reads those, and deleting them is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+
+def _temporary(path: Path) -> Path:
+    """A name beside ``path`` that no reader globs for (hidden, ends in ``.tmp``) and no other process uses."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path`` through: it replaces ``path`` only when the body finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A temporary folder to fill; it then takes ``path``'s place (a diffusers ``save_pretrained`` export).
+    Two renames, not one: a kill between them leaves no ``path`` (and a hidden ``.NAME.old``), which
+    readers report as missing, never a folder with new config and old (or cut-off) weights."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = _temporary(path), path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    _sync_folder(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_pretrained(model: Any, path: str | Path) -> Path:
+    """``model.save_pretrained(path)`` (diffusers) through :func:`atomic_folder`."""
+    with atomic_folder(path) as tmp:
+        model.save_pretrained(tmp)
+    return Path(path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written with :func:`atomic_file`: a crash while
+    ``last.ckpt`` (or the epoch file it links to) is rewritten leaves the previous one whole, where the
+    stock writer, staging in the system temp folder, copies into the target when that is another file
+    system. Remote paths (``s3://`` ...) keep Lightning's writer. The CLI adds it to every trainer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_file(path) as f:
+            torch.save(checkpoint, f)
