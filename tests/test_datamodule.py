@@ -199,6 +199,23 @@ def test_bad_samples_raise_named_errors(toy_dataset, mutate, message):
     assert "subj01_nsd" in str(info.value)  # the message names the sample
 
 
+def test_a_voxel_count_mismatch_names_the_shard_the_key_and_the_fix(toy_dataset, capsys):
+    """Shards read with another dataset's manifest: say where, and that they do not belong together."""
+    from lightning_fcae.cli import main
+
+    path = _mutate_first_sample(toy_dataset, lambda s: s.update({"fmri.npy": encode_npy(np.zeros((1, 39)))}))
+    dm = _datamodule(toy_dataset, subjects=["subj01"], shuffle_buffer=1)
+    with pytest.raises(SampleError) as info:
+        _all_batches(dm.train_dataloader())
+    message = str(info.value)
+    assert message.startswith(f"{path}: subj01_nsd000000.fmri.npy: fmri has 39 voxels, the manifest says 40")
+    assert "not from the same dataset" in message and "regenerate the dataset" in message
+    with pytest.raises(SystemExit) as exit_info:  # data check reads it the same way, as one error line
+        main(["data", "check", str(toy_dataset)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith(f"error: {path}: subj01_nsd")
+
+
 @pytest.mark.parametrize("key", ["../../../elsewhere/PWNED", "/abs/dir/PWNED", "subj01_nsd1_x"])
 def test_a_key_that_would_become_a_path_elsewhere_is_refused(toy_dataset, key):
     path = _mutate_first_sample(toy_dataset, lambda s: s.update({"__key__": key}))

@@ -444,6 +444,8 @@ def test_convert_non_allowlisted_class_advises_trust_pickle(tmp_path, capsys):
     torch.save({"state_dict": {}, "hparams": argparse.Namespace()}, ckpt)  # as old Lightning pickles
     err = _convert_error(capsys, ckpt, config)
     assert "argparse.Namespace" in err and "--trust-pickle" in err
+    # what trusting means, and when to: the user is asked to run code from the file
+    assert "can execute arbitrary code" in err and "only for a checkpoint from a source you know" in err
     # trusted, it loads: the failure moves on to the (empty) contents
     assert "no first_stage_model.* keys" in _convert_error(capsys, ckpt, config, "--trust-pickle")
 

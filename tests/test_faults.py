@@ -55,14 +55,19 @@ def _die_half_way_to_disk(monkeypatch, other_file_system: bool) -> list[str]:
     )
     if other_file_system:
         for name in ("rename", "replace"):
-
-            def across(src, dst, *args, _real=getattr(os, name), **kwargs):
-                if Path(src).resolve().parent != Path(dst).resolve().parent:
-                    raise OSError(errno.EXDEV, "Invalid cross-device link")
-                return _real(src, dst, *args, **kwargs)
-
-            monkeypatch.setattr(os, name, across)
+            monkeypatch.setattr(os, name, _same_folder_only(getattr(os, name)))
     return kills
+
+
+def _same_folder_only(rename):
+    """``rename`` as seen when every other folder is on another file system: moving across fails (EXDEV)."""
+
+    def across(src, dst, *args, **kwargs):
+        if Path(src).resolve().parent != Path(dst).resolve().parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return rename(src, dst, *args, **kwargs)
+
+    return across
 
 
 @pytest.mark.parametrize("other_file_system", [False, True], ids=["tmp-same-fs", "tmp-other-fs"])

@@ -48,7 +48,7 @@ def _load(
         image_key = next((k for k in IMAGE_KEYS if k in raw), None)
         if image_key is None:
             raise SampleError(f"{key}: no image (expected one of {IMAGE_KEYS})")
-        fmri.append(decode_fmri(raw[FMRI_KEY], n_voxels, key).astype(np.float32).mean(0))
+        fmri.append(decode_fmri(raw[FMRI_KEY], n_voxels, key, raw.get("__url__")).astype(np.float32).mean(0))
         image = decode_image(raw[image_key], key).resize((pixels, pixels), Image.Resampling.BOX)
         images.append(np.asarray(image, np.float32).reshape(-1) / 255.0)
         labels.append(decode_json(raw[META_KEY], key, META_KEY).get("labels", {}).get(label))

@@ -115,7 +115,7 @@ class SampleDecoder:
         subject = meta.get("subject")
         if subject not in self.subjects:
             raise SampleError(f"{key}: meta.json subject {subject!r} is not in the manifest")
-        fmri = decode_fmri(raw[FMRI_KEY], self.subjects[subject], key)
+        fmri = decode_fmri(raw[FMRI_KEY], self.subjects[subject], key, raw.get("__url__"))
         voxels = reduce_repeats(fmri, self.repeats, self.rng)
         mean, std = self.stats[subject]
         sample = {

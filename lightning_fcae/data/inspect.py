@@ -52,7 +52,7 @@ def inspect_dataset(
     for raw in itertools.islice(read_shards(root, manifest.splits[split].shards), n_images):
         key = raw["__key__"]
         meta = decode_json(raw["meta.json"], key, "meta.json")
-        fmri = decode_fmri(raw["fmri.npy"], manifest.subjects[meta["subject"]], key)
+        fmri = decode_fmri(raw["fmri.npy"], manifest.subjects[meta["subject"]], key, raw.get("__url__"))
         image_key = next(k for k in IMAGE_KEYS if k in raw)
         images.append(image_to_uint8_chw(decode_image(raw[image_key], key), manifest.image_size))
         caption = validate_captions(decode_json(raw[CAPTIONS_KEY], key, CAPTIONS_KEY), key)[0]

@@ -65,15 +65,24 @@ def encode_png(image: Image.Image | np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def validate_fmri(fmri: np.ndarray, n_voxels: int, where: str) -> np.ndarray:
-    """Return ``fmri`` as ``[repeats, voxels]``, or raise naming ``where`` (a key or file)."""
+# Read back, a sample whose voxel count differs from its subject's in the manifest was not written with it
+READ_VOXELS_FIX = (
+    "the shard and manifest.json are not from the same dataset: put back the manifest.json written with "
+    "these shards, or regenerate the dataset (`lightning-fcae data synth` / `data nsd`)"
+)
+
+
+def validate_fmri(fmri: np.ndarray, n_voxels: int, where: str, voxels_fix: str = "") -> np.ndarray:
+    """Return ``fmri`` as ``[repeats, voxels]``, or raise naming ``where`` (a key or file); ``voxels_fix``
+    ends a voxel-count mismatch's message (what to do about it)."""
     fmri = np.asarray(fmri)
     if fmri.ndim == 1:
         fmri = fmri[None]
     if fmri.ndim != 2 or fmri.shape[0] < 1:
         raise SampleError(f"{where}: fmri must be [repeats, voxels], got shape {fmri.shape}")
     if fmri.shape[1] != n_voxels:
-        raise SampleError(f"{where}: fmri has {fmri.shape[1]} voxels, the manifest says {n_voxels}")
+        fix = f"; {voxels_fix}" if voxels_fix else ""
+        raise SampleError(f"{where}: fmri has {fmri.shape[1]} voxels, the manifest says {n_voxels}{fix}")
     if not np.isfinite(fmri).all():
         raise SampleError(f"{where}: fmri contains NaN or inf ({int((~np.isfinite(fmri)).sum())} values)")
     return fmri
@@ -306,7 +315,9 @@ def _npy_layout(prefix: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
     return dtype, shape, stream.tell()
 
 
-def decode_fmri(data: bytes, n_voxels: int, key: str) -> np.ndarray:
+def decode_fmri(data: bytes, n_voxels: int, key: str, shard: str | None = None) -> np.ndarray:
+    """A sample's ``fmri.npy`` read back and validated; errors name ``shard`` (its ``__url__``) and key."""
+    where = f"{shard}: {key}.{FMRI_KEY}" if shard else f"{key}.{FMRI_KEY}"
     try:
         # header length: 2 bytes after magic + version in .npy v1, 4 bytes in v2
         header_len = (
@@ -317,8 +328,8 @@ def decode_fmri(data: bytes, n_voxels: int, key: str) -> np.ndarray:
         dtype, shape, offset = _npy_layout(bytes(data[:header_len]))
         array = np.frombuffer(data, dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
     except (ValueError, OSError, TypeError) as exc:
-        raise SampleError(f"{key}.{FMRI_KEY}: not a readable .npy array ({exc})") from exc
-    return validate_fmri(array, n_voxels, f"{key}.{FMRI_KEY}")
+        raise SampleError(f"{where}: not a readable .npy array ({exc})") from exc
+    return validate_fmri(array, n_voxels, where, READ_VOXELS_FIX)
 
 
 def decode_image(data: bytes, key: str) -> Image.Image:

@@ -42,9 +42,10 @@ def load_compvis_state_dict(path: str | Path, trust_pickle: bool = False) -> dic
     """The state dict of a ``.ckpt`` (PyTorch Lightning 1.x pickle) or ``.safetensors`` file.
 
     Pickles load with ``weights_only=True``; old Lightning checkpoints that also pickle callback objects
-    need ``trust_pickle`` (which runs code from the file: only for checkpoints you trust). Only that case
-    suggests ``--trust-pickle``: torch's own message for a corrupt file also advises ``weights_only=False``,
-    which cannot fix it and would unpickle a file nobody vouched for, so it is not passed on.
+    need ``trust_pickle`` (unpickling can execute arbitrary code: only for files from a known source).
+    Only that case suggests ``--trust-pickle``: torch's own message for a corrupt file also advises
+    ``weights_only=False``, which cannot fix it and would unpickle a file nobody vouched for, so it is
+    not passed on.
     """
     path = Path(path)
     unreadable = f"{path}: not a readable {{}} file (corrupt, or the wrong file)"
@@ -63,8 +64,10 @@ def load_compvis_state_dict(path: str | Path, trust_pickle: bool = False) -> dic
     except pickle.UnpicklingError as exc:
         if not trust_pickle and (refused := _NOT_ALLOWLISTED.search(str(exc))):
             raise ValueError(
-                f"{path}: pickles {refused[1]}, which loading plain weights refuses. If you trust the "
-                "file's source, pass trust_pickle=True (--trust-pickle); it runs code from the file."
+                f"{path}: pickles {refused[1]}, which loading plain weights refuses. --trust-pickle "
+                "(trust_pickle=True) unpickles the file in full, and unpickling can execute arbitrary code "
+                "from it: pass it only for a checkpoint from a source you know (such as the official "
+                "CompVis release, checked against its published hash)"
             ) from exc
         raise ValueError(unreadable.format("PyTorch checkpoint")) from exc
     except Exception as exc:  # a broken file fails wherever torch or pickle trips, with many types
@@ -207,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="its LatentDiffusion YAML config")
     parser.add_argument("--out", type=Path, required=True, help="diffusers directory to write")
     parser.add_argument("--extract-ema", action="store_true", help="use the EMA UNet weights")
-    parser.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickled objects")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="unpickle the checkpoint in full, which can execute arbitrary code from it: only for a file "
+        "from a source you know",
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:  # these are the user's inputs being wrong or unsupported: a message, not a traceback
