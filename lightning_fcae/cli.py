@@ -61,6 +61,19 @@ class FCAECLI(LightningCLI):
             plugins = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**{"plugins": plugins, **kwargs})
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI loads ``--ckpt_path`` here, before anything else: a damaged file is named with
+        the fix first, instead of ``PytorchStreamReader failed ...`` (no file named) on every rerun."""
+        from .checkpoints import check_checkpoint
+
+        subcommand = self.config.get("subcommand")
+        path = subcommand and self.config[subcommand].get("ckpt_path")
+        if path:
+            check_checkpoint(
+                path, "delete it to start the run from its beginning, or pass another --ckpt_path"
+            )
+        super()._parse_ckpt_path()
+
     def before_fit(self) -> None:
         """``fast_dev_run`` is a smoke test and must not write checkpoints, but Lightning 2.6's
         ``ModelCheckpoint.on_train_end`` still saves ``last.ckpt`` after one: it would replace the

@@ -43,6 +43,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from . import atomic
+from .checkpoints import CheckpointError, check_checkpoint
 from .data.datamodule import NSDDataModule
 from .data.schema import DatasetError
 from .data.shards import sha256_file
@@ -75,6 +76,7 @@ def load_finetune(ckpt: str | Path) -> LDMFinetune:
     path = Path(ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_checkpoint(path, "re-run the stage-3 fit that wrote it")
     try:  # mmap: looking inside costs no read of the weights
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a non-checkpoint
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         metrics = reconstruct(**vars(args))
-    except (ReconstructionError, FileNotFoundError, DatasetError) as exc:
+    except (ReconstructionError, CheckpointError, FileNotFoundError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_metrics(metrics))

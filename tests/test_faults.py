@@ -6,8 +6,16 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
+import random
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -16,8 +24,19 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_fcae.atomic import AtomicCheckpointIO
+from lightning_fcae.cli import main
+from lightning_fcae.data.schema import Manifest
+from lightning_fcae.pipeline import Pipeline
+from lightning_fcae.report.curves import training_losses
+from lightning_fcae.stages.diffusion import LDMFinetune
+
+from .conftest import write_toy_dataset
+from .test_pipeline import tiny_plan
+from .test_reconstruct import V, _datamodule, _textured_dataset, _trainer
+from .test_stand_ins import _fake_stand_ins
 
 REPO = Path(__file__).resolve().parents[1]
+SEED = 14  # where the kills land: a seeded draw, so a failure reruns the same way
 
 
 class Killed(BaseException):
@@ -118,3 +137,255 @@ def test_every_cli_trainer_writes_checkpoints_atomically(toy_dataset, tmp_path):
         run=False,
     )
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# --- real SIGKILLs of real subprocesses ---------------------------------------------------------------
+
+
+def _children() -> list[tuple[int, str]]:
+    """(pid, command line) of this process's children, from every thread."""
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            with_args = cmdline.read_bytes().replace(b"\0", b" ").decode() if cmdline.exists() else ""
+            found.append((int(pid), with_args))
+    return found
+
+
+def _wait_for(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux")
+def test_a_stage_killed_at_a_random_point_resumes_to_the_end_with_its_whole_log(
+    tmp_path, synthetic_tiny, monkeypatch
+):
+    """SIGKILL the ``lightning fit`` child of a pipeline stage after a random epoch's checkpoint (plus a
+    random delay); the rerun resumes from last.ckpt, ends at the planned step and epoch, and the CSV
+    history read by the report covers every step, the ones before the kill included."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    epochs, batches = 4, 2
+    plan = tiny_plan(synthetic_tiny)
+    plan["stages"]["stage1"]["trainer"] = {
+        "max_epochs": epochs,
+        "max_steps": -1,
+        "limit_train_batches": batches,
+        "limit_val_batches": 1,
+        "log_every_n_steps": 1,
+    }
+    out = tmp_path / "run"
+    pipeline = Pipeline(plan, out, REPO / "configs")
+    stage = out / "fcae" / "seed0" / "stage1"
+    rng = random.Random(SEED)
+    kill_after_epoch, delay = rng.randrange(epochs - 2), rng.uniform(0, 0.1)
+
+    def newest_epoch() -> int:
+        epochs_saved = [
+            int(m[1]) for p in stage.glob("checkpoints/epoch=*") if (m := re.match(r"epoch=(\d+)", p.name))
+        ]
+        return max(epochs_saved, default=-1)
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(pipeline.fit, "stage1", "stage1_fcae.yaml", stage, 0, {})
+        _wait_for(lambda: newest_epoch() >= kill_after_epoch, f"the checkpoint of epoch {kill_after_epoch}")
+        time.sleep(delay)
+        (child,) = [pid for pid, command in _children() if "lightning_fcae fit" in command]
+        os.kill(child, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match=r"failed \(exit -9\)"):  # killed while it still ran
+            first.result()
+    assert not (stage / "done-fit.json").exists()
+
+    last = Pipeline(plan, out, REPO / "configs").fit("stage1", "stage1_fcae.yaml", stage, 0, {})
+    assert (stage / "done-fit.json").is_file()
+    checkpoint = torch.load(last, weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (epochs - 1, epochs * batches)
+    assert (stage / "csv" / "fit" / "metrics.part1.csv").is_file()  # the killed run's log, kept
+    steps, _ = training_losses(stage)["train/loss"]
+    assert sorted(set(steps)) == list(range(int(steps[0]), int(steps[0]) + epochs * batches)), steps
+
+
+@pytest.fixture(scope="module")
+def stage3(tmp_path_factory):
+    """A textured dataset and a stage-3 checkpoint trained a step on it (as in test_reconstruct)."""
+    root = tmp_path_factory.mktemp("faults")
+    data = _textured_dataset(root / "data")
+    L.seed_everything(0)
+    trainer = _trainer(root, max_steps=1, limit_val_batches=0)
+    trainer.fit(LDMFinetune(V, clip_tokens=5, clip_dim=16, lr=1e-3, sample_steps=2), _datamodule(data))
+    trainer.save_checkpoint(root / "ldm.ckpt")
+    return data, root / "ldm.ckpt"
+
+
+def _reconstruct_args(stage3, out: Path) -> list[str]:
+    data, ckpt = stage3
+    return ["--ckpt", str(ckpt), "--data", str(data), "--out", str(out), "--batch-size", "2", "--no-progress"]
+
+
+def test_reconstruct_killed_at_a_random_point_resumes_to_the_same_files(stage3, tmp_path, monkeypatch):
+    """An uninterrupted run and one SIGKILLed after a random number of PNGs, then rerun: the same PNG
+    bytes, grid and metrics; the PNGs written before the kill are kept, not redone."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with pytest.raises(SystemExit) as done:
+        main(["reconstruct", *_reconstruct_args(stage3, tmp_path / "whole")])
+    assert done.value.code == 0
+    whole = {p.relative_to(tmp_path / "whole"): p.read_bytes() for p in (tmp_path / "whole").rglob("*.png")}
+    assert len([p for p in whole if p.parts[0] == "images"]) == 16
+
+    out = tmp_path / "killed"
+    at = random.Random(SEED).randint(1, 8)  # of 16 reconstructions
+    command = [sys.executable, "-m", "lightning_fcae", "reconstruct", *_reconstruct_args(stage3, out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: len(list(out.glob("images/*.png"))) >= at, f"{at} reconstructions")
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL  # it was still running
+    before_kill = {p: p.stat().st_mtime_ns for p in out.glob("images/*.png")}
+    assert not (out / "metrics.json").exists()
+
+    with pytest.raises(SystemExit) as done:
+        main(["reconstruct", *_reconstruct_args(stage3, out)])
+    assert done.value.code == 0
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")} == whole
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(
+        (tmp_path / "whole/metrics.json").read_text()
+    )
+    assert {p: p.stat().st_mtime_ns for p in before_kill} == before_kill  # resumed, not redone
+
+
+# --- damaged inputs: one named error line, exit 2, no traceback ---------------------------------------
+
+
+def _cut(path: Path, keep: float = 0.5) -> Path:
+    """``path`` cut off as a crash mid-write or a half copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def _stage1(data: Path, tmp_path: Path, *extra: str) -> list[str]:
+    configs = REPO / "configs"
+    return [
+        "fit",
+        f"--config={configs / 'stage1_fcae.yaml'}",
+        f"--config={configs / 'profiles' / 'tiny.yaml'}",
+        f"--data.data_dir={data}",
+        f"--trainer.default_root_dir={tmp_path}",
+        *extra,
+    ]
+
+
+def _damaged_shard(tmp_path, stage3):
+    data = write_toy_dataset(tmp_path / "toy")
+    shard = _cut(data / Manifest.load(data).splits["train"].shards[0].path)
+    return _stage1(data, tmp_path), shard, "truncated or replaced"
+
+
+def _damaged_manifest(tmp_path, stage3):
+    data = write_toy_dataset(tmp_path / "toy")
+    return _stage1(data, tmp_path), _cut(data / "manifest.json"), "not valid JSON"
+
+
+def _damaged_norm_stats(tmp_path, stage3):
+    data = write_toy_dataset(tmp_path / "toy")
+    return _stage1(data, tmp_path), _cut(data / "norm_stats.npz"), "damaged or replaced"
+
+
+def _damaged_resume_checkpoint(tmp_path, stage3):
+    data = write_toy_dataset(tmp_path / "toy")
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, ckpt)
+    return _stage1(data, tmp_path, f"--ckpt_path={_cut(ckpt)}"), ckpt, "delete it to start the run"
+
+
+def _damaged_stage_checkpoint(tmp_path, stage3):
+    data, ckpt = stage3
+    cut = tmp_path / "stage3.ckpt"
+    cut.write_bytes(ckpt.read_bytes())
+    return (
+        ["reconstruct", *_reconstruct_args((data, _cut(cut)), tmp_path / "out")],
+        cut,
+        "re-run the stage-3 fit",
+    )
+
+
+def _damaged_previous_stage_checkpoint(tmp_path, stage3):
+    data = write_toy_dataset(tmp_path / "toy")
+    ckpt = tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, ckpt)
+    argv = [
+        "fit",
+        f"--config={REPO / 'configs' / 'stage2_align.yaml'}",
+        f"--data.data_dir={data}",
+        f"--model.encoder_ckpt={_cut(ckpt)}",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    return argv, ckpt, "re-run the stage that wrote it"
+
+
+def _damaged_clip_export(tmp_path, stage3):
+    clip = tmp_path / "clip.pt"
+    torch.save({"w": torch.zeros(1000)}, clip)
+    argv = [*_reconstruct_args(stage3, tmp_path / "out"), "--clip-model", "fcae-clip-tiny"]
+    return ["reconstruct", *argv, "--clip-pretrained", str(_cut(clip))], clip, "rerun the pipeline"
+
+
+def _damaged_ldm_export(tmp_path, stage3):
+    from safetensors.torch import save_file
+
+    ldm = tmp_path / "ldm"
+    for part in ("vqvae", "unet", "scheduler"):
+        (ldm / part).mkdir(parents=True)
+    weights = ldm / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file({"w": torch.zeros(1000)}, weights)
+    _cut(weights)
+    argv = [
+        "fit",
+        f"--config={REPO / 'configs' / 'stage3_ldm.yaml'}",
+        f"--data.data_dir={stage3[0]}",
+        f"--model.pretrained_ldm={ldm}",
+        "--model.encoder_ckpt=null",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    return argv, weights, "rerun the pipeline"
+
+
+def _damaged_shipped_stand_in(tmp_path, stage3):
+    from lightning_fcae.stand_ins.shipped import dataset_identity
+
+    root = _fake_stand_ins(tmp_path / "stand-ins", dataset_identity(Manifest.load(stage3[0])))
+    weights = _cut(root / "clip" / "fcae-clip-tiny.safetensors")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(json.dumps({"data_dir": str(stage3[0]), "stand_ins": str(root)}))
+    return ["pipeline", "--plan", str(plan), "--out", str(tmp_path / "run")], weights, "make stand-ins"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _damaged_shard,
+        _damaged_manifest,
+        _damaged_norm_stats,
+        _damaged_resume_checkpoint,
+        _damaged_stage_checkpoint,
+        _damaged_previous_stage_checkpoint,
+        _damaged_clip_export,
+        _damaged_ldm_export,
+        _damaged_shipped_stand_in,
+    ],
+    ids=lambda f: f.__name__.removeprefix("_damaged_"),
+)
+def test_a_damaged_input_is_one_named_error_line(damage, tmp_path, stage3, capsys, monkeypatch):
+    """Each kind of damaged file read by a command is named, with the fix, in one ``error:`` line."""
+    monkeypatch.chdir(tmp_path)  # configs' relative defaults (checkpoints/...) land here
+    argv, damaged, fix = damage(tmp_path, stage3)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert str(damaged) in line and fix in line, line

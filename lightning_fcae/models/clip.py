@@ -26,6 +26,8 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..checkpoints import check_weights_file, export_fix
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs" / "clip"
@@ -202,6 +204,7 @@ def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = N
             raise MissingWeightsError(
                 f"CLIP checkpoint {path} does not exist: clip_pretrained for {model_name} must be a local file{known}"
             )
+        check_weights_file(path, export_fix(path))
         try:
             model = open_clip.create_model(model_name, pretrained=str(path))
         except (AssertionError, RuntimeError) as exc:  # open_clip's shape checks, load_state_dict

@@ -33,6 +33,7 @@ from diffusers.models.embeddings import TimestepEmbedding
 from torch import nn
 
 from ..atomic import save_pretrained
+from ..checkpoints import check_weights_file, export_fix
 from .condition import ClipCondition
 
 # The noise schedule of the CompVis LDMs (cin256-v2, the model MinD-Vis fine-tunes): 1000 training steps,
@@ -181,6 +182,8 @@ def load_ldm(path: str | Path) -> LDM:
             f"{root}/vqvae (VQModel), {root}/unet (UNet2DConditionModel) and {root}/scheduler (DDPMScheduler), "
             "as written by `lightning-fcae convert-ldm` from a CompVis checkpoint or by LDMPretrain.export()."
         )
+    for weights in root.glob("*/*.safetensors"):  # diffusers would not name a cut-off file
+        check_weights_file(weights, export_fix(root))
     parts = {name: cls.from_pretrained(root, subfolder=name) for name, cls in LDM_PARTS.items()}
     condition = None
     if (root / CONDITION_PART).is_dir():

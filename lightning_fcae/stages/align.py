@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from open_clip.loss import ClipLoss
 from torch import nn
 
+from ..checkpoints import load_checkpoint
 from ..metrics.identification import NWayIdentification
 from ..models.align import FMRIAligner, token_cosine_loss
 from .optim import adamw_warmup_cosine
@@ -244,7 +245,7 @@ def load_aligned(path: str) -> FMRIAligner:
 
     Needs neither the stage-1 checkpoint nor CLIP: the architecture is recorded in the checkpoint.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     # LightningCLI adds private keys (``_class_path``, ``_instantiator``) to the hyper-parameters
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     hparams |= {"live_clip_model": None, "encoder_ckpt": None}

@@ -22,6 +22,7 @@ from diffusers import DDPMScheduler
 from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..checkpoints import load_checkpoint
 from ..models.align import FMRIAligner
 from ..models.condition import ClipCondition
 from ..models.ldm import (
@@ -48,7 +49,7 @@ def load_fmri_encoder(path: str) -> FMRIEncoder:
     Stage 2 is the paper's chain; a stage-1 checkpoint gives the MinD-Vis (MAEPretrain) or vis-dec
     (DCMAEPretrain) baseline (no alignment).
     """
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    hparams = load_checkpoint(path).get("hyper_parameters", {})
     if "stage1" in hparams:  # FCAEAlign records its stage-1 architecture
         from .align import load_aligned  # imports open_clip
 
@@ -66,7 +67,7 @@ def load_fmri_aligner(
     when it is ``pinned`` (by an LDM pretrained on that CLIP). A stage-1 encoder (MinD-Vis, vis-dec,
     Table 3's F row) gets a new, randomly initialised token map that stage 3 trains.
     """
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    hparams = load_checkpoint(path).get("hyper_parameters", {})
     if "stage1" not in hparams:
         return FMRIAligner(load_pretrained(path).encoder, None, clip_tokens, clip_dim, embed_rank)
     from .align import load_aligned  # imports open_clip

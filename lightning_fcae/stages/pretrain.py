@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..checkpoints import load_checkpoint
 from ..models import FCAE, MAE, DecoderConfig, EncoderConfig, RegressorConfig, fcae_loss, mae_loss, model_size
 from ..models.dcmae import DCMAE, ImageGuidance, image_reconstruction_loss, info_nce, local_contrast
 from ..models.vit import unpatchify
@@ -319,7 +320,7 @@ STAGE1 = {"fcae": FCAEPretrain, "mae": MAEPretrain, "dcmae": DCMAEPretrain}
 def stage1_hparams(path: str) -> dict:
     """The hyper-parameters of a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint, with ``kind``
     ("fcae"/"mae"/"dcmae")."""
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    hparams = load_checkpoint(path).get("hyper_parameters", {})
     if "encoder" not in hparams or "num_voxels" not in hparams:
         raise ValueError(
             f"{path} is not a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint (no encoder hyper-parameters)"
@@ -343,6 +344,6 @@ def load_pretrained(path: str) -> FCAE | MAE | DCMAE:
     """The stage-1 model (fCAE, MAE or DC-MAE) from a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint,
     on CPU."""
     model = build_stage1(stage1_hparams(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_checkpoint(path)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return model
