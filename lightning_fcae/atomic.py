@@ -5,7 +5,7 @@ over the target with ``os.replace``, which is atomic within one file system; the
 the rename itself survives a power cut. The temporary file must be in the target's folder: renaming from
 another file system (``/tmp`` is often a tmpfs, or a local disk under an NFS run folder) falls back to
 copying into the target, and a kill mid-copy leaves it cut off. Lightning's own checkpoint writer stages
-through the system temp folder, hence :class:`AtomicCheckpointIO`.
+through the system temp folder, hence :class:`lightning_fcae.checkpoints.AtomicCheckpointIO`.
 
 A killed writer can leave its ``.NAME.PID.tmp`` file behind; nothing reads those, and deleting them is safe.
 """
@@ -18,9 +18,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
-
-import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 
 
 def _temporary(path: Path) -> Path:
@@ -97,17 +94,3 @@ def save_pretrained(model: Any, path: str | Path) -> Path:
     with atomic_folder(path) as tmp:
         model.save_pretrained(tmp)
     return Path(path)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``torch.save`` checkpoints, written with :func:`atomic_file`: a crash while
-    ``last.ckpt`` (or the epoch file it links to) is rewritten leaves the previous one whole, where the
-    stock writer, staging in the system temp folder, copies into the target when that is another file
-    system. Remote paths (``s3://`` ...) keep Lightning's writer. The CLI adds it to every trainer."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        if storage_options is not None or "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        with atomic_file(path) as f:
-            torch.save(checkpoint, f)

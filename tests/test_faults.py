@@ -23,7 +23,7 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from lightning_fcae.atomic import AtomicCheckpointIO
+from lightning_fcae.checkpoints import AtomicCheckpointIO
 from lightning_fcae.cli import main
 from lightning_fcae.data.schema import Manifest
 from lightning_fcae.pipeline import Pipeline
