@@ -201,6 +201,7 @@ EXTRA_COMMANDS = """lightning-fcae: LightningCLI's fit / validate / test / predi
   reconstruct --ckpt CKPT ...      stage-3 test-set reconstructions, grid and metrics
   report RUN_DIR                   report.html and Tables 2 / 3 of a pipeline run
   convert-ldm CKPT --config YAML   a CompVis LDM checkpoint -> a diffusers directory
+  upgrade-checkpoint CKPT ...      add the model record to checkpoints written before 2026-12-02
   stand-ins train|check|verify     the synthetic benchmark's shipped CLIP / LDM stand-ins
 each with its own --help.
 """
@@ -217,6 +218,10 @@ def main(argv: list[str] | None = None) -> None:
         from .models.ldm_convert import main as convert_ldm
 
         sys.exit(convert_ldm(argv[1:]))
+    if argv and argv[0] == "upgrade-checkpoint":
+        from .stages.upgrade import main as upgrade_checkpoint
+
+        sys.exit(upgrade_checkpoint(argv[1:]))
     if argv and argv[0] == "pipeline":
         from .pipeline import main as pipeline
 

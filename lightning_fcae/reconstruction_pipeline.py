@@ -57,14 +57,17 @@ def resolve_ldm(recorded: dict, checkpoint_path: Path, override: str | Path | No
 
     candidates = [Path(override)] if override else []
     candidates += [checkpoint_path.parent / recorded["relative"], Path(recorded["path"])]
+    altered = []
     for folder in candidates:
         if folder.is_dir():
-            if ldm_reference(folder)["sha256"] != recorded["sha256"]:
-                raise MissingLDMError(
-                    f"the LDM at {folder} is not the one {checkpoint_path} was trained on (sha256 differs from "
-                    f"{recorded['sha256'][:12]}...)"
-                )
-            return folder
+            if ldm_reference(folder)["sha256"] == recorded["sha256"]:
+                return folder
+            altered.append(str(folder))
+    if altered:
+        raise MissingLDMError(
+            f"the LDM at {' and '.join(altered)} is not the one {checkpoint_path} was trained on (sha256 "
+            f"{recorded['sha256'][:12]}... differs): pass the right folder (ldm= / --ldm)"
+        )
     raise MissingLDMError(
         f"the frozen LDM that {checkpoint_path} was fine-tuned from (sha256 {recorded['sha256'][:12]}...) is at "
         f"neither {candidates[-2]} nor {candidates[-1]}: pass its folder (ldm= / --ldm)"

@@ -18,8 +18,8 @@ from lightning_fcae.cli import run_lightning_cli
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.models import DCMAE, MAE, model_size
 from lightning_fcae.models.dcmae import info_nce
-from lightning_fcae.models.mae import mae_loss
 from lightning_fcae.models.factory import checkpoint_models, load_fmri_encoder, load_model, read_checkpoint
+from lightning_fcae.models.mae import mae_loss
 from lightning_fcae.stages import DCMAEPretrain
 from lightning_fcae.stages.optim import adamw
 from tests.ddp import REPO, fixed_masking, run_ranks

@@ -169,7 +169,9 @@ def test_cli_reconstruct_and_clear_errors(trained, tmp_path, capsys):
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("not a checkpoint")
     stage1_like = tmp_path / "stage1.ckpt"
-    torch.save({"state_dict": {"model.x": torch.zeros(1)}, "models": {"model": {"class": "MAE"}}}, stage1_like)
+    torch.save(
+        {"state_dict": {"model.x": torch.zeros(1)}, "models": {"model": {"class": "MAE"}}}, stage1_like
+    )
     legacy = tmp_path / "legacy.ckpt"
     torch.save({"state_dict": {"aligner.x": torch.zeros(1), "conditioner.x": torch.zeros(1)}}, legacy)
     for path, message in (

@@ -11,8 +11,8 @@ import torch
 from lightning_fcae.cli import run_lightning_cli
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.models.align import FMRIAligner, TokenMapper, token_cosine_loss
-from lightning_fcae.stages import FCAEPretrain
 from lightning_fcae.models.factory import load_fmri_aligner, load_fmri_encoder
+from lightning_fcae.stages import FCAEPretrain
 from lightning_fcae.stages.align import FCAEAlign
 
 REPO = Path(__file__).resolve().parents[1]

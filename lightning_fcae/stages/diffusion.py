@@ -218,7 +218,9 @@ class LDMFinetune(RecordsModels, RankSeededModule):
             checkpoint["fmri_preprocessing"] = fmri_preprocessing(data.norm_stats(), self.hparams.num_voxels)
         if self.ldm_reference is None:  # a random LDM (tests): nothing to point at, keep every weight
             return
-        root = Path(self.trainer.checkpoint_callback.dirpath) if self._trainer is not None else Path.cwd()
+        # where this file will lie: the checkpoint callback's folder (upgrade-checkpoint rewrites it)
+        callback = self._trainer and self.trainer.checkpoint_callback
+        root = Path(callback.dirpath) if callback and callback.dirpath else Path.cwd()
         checkpoint["ldm"] = {
             **self.ldm_reference,
             "relative": os.path.relpath(self.ldm_reference["path"], root),
