@@ -91,6 +91,12 @@ def test_pipeline_round_trips_and_normalises_raw_voxels(run_folder, tmp_path):
         loaded(raw[:, :-1], "subj01")
     images = loaded(raw[:1], "subj01", num_inference_steps=2)
     assert len(images) == 1 and images[0].size == (pipe.image_size, pipe.image_size)
+    # the encoder alone, from the export or the checkpoint (the README's API)
+    from lightning_fcae import load_fmri_encoder
+
+    for source in (tmp_path / "exported", run / "stage3/checkpoints/last.ckpt"):
+        encoder = load_fmri_encoder(source)
+        assert torch.equal(encoder(fmri), pipe.fmri_encoder.aligner.encoder(fmri)), source
 
 
 def test_stage3_resumes_from_a_checkpoint_without_the_frozen_weights(run_folder, tmp_path):
