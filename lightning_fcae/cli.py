@@ -53,7 +53,7 @@ class FCAECLI(LightningCLI):
         never replaces the previous ``last.ckpt``), unless the config names a CheckpointIO of its own."""
         from lightning.fabric.plugins import CheckpointIO
 
-        from .checkpoints import AtomicCheckpointIO
+        from .checkpoint_io import AtomicCheckpointIO
 
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
@@ -227,6 +227,7 @@ EXTRA_COMMANDS = """lightning-fcae: LightningCLI's fit / validate / test / predi
   reconstruct --ckpt CKPT ...      stage-3 test-set reconstructions, grid and metrics
   report RUN_DIR                   report.html and Tables 2 / 3 of a pipeline run
   convert-ldm CKPT --config YAML   a CompVis LDM checkpoint -> a diffusers directory
+  upgrade-checkpoint CKPT ...      add the model record to checkpoints written before 2026-12-02
   stand-ins train|check|verify     the synthetic benchmark's shipped CLIP / LDM stand-ins
 each with its own --help.
 """
@@ -243,6 +244,10 @@ def main(argv: list[str] | None = None) -> None:
         from .models.ldm_convert import main as convert_ldm
 
         sys.exit(convert_ldm(argv[1:]))
+    if argv and argv[0] == "upgrade-checkpoint":
+        from .stages.upgrade import main as upgrade_checkpoint
+
+        sys.exit(upgrade_checkpoint(argv[1:]))
     if argv and argv[0] == "pipeline":
         from .pipeline import main as pipeline
 

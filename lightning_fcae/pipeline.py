@@ -437,17 +437,24 @@ class Pipeline:
 
 def parameter_counts(root: Path) -> dict[str, int]:
     """fMRI side (stage-1 encoder + regressor: the paper's Table 3 count) and, with stage 3, the whole
-    reconstruction model (fMRI encoder + token map, condition encoder, UNet, VQ: its Table 2 count)."""
-    import torch
+    reconstruction model (fMRI encoder + token map, condition encoder, UNet, VQ: its Table 2 count),
+    rebuilt from the checkpoints' model records (a stage-3 checkpoint leaves the frozen LDM to its folder)."""
+    from .models.factory import load_model
+    from .reconstruction_pipeline import FMRIReconstructionPipeline
 
-    def count(path: Path, prefixes: tuple[str, ...]) -> int:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
-        return sum(v.numel() for k, v in state.items() if k.startswith(prefixes) and v.is_floating_point())
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
 
-    counts = {"fmri": count(root / "stage1/checkpoints/last.ckpt", ("model.encoder.", "model.regressor."))}
+    stage1 = load_model(root / "stage1/checkpoints/last.ckpt", "model")
+    counts = {
+        "fmri": count(stage1.encoder) + (count(stage1.regressor) if hasattr(stage1, "regressor") else 0)
+    }
     stage3 = root / "stage3/checkpoints/last.ckpt"
     if stage3.is_file():
-        counts["total"] = count(stage3, ("aligner.", "conditioner.", "unet.", "vq."))
+        pipe = FMRIReconstructionPipeline.from_checkpoint(stage3)
+        counts["total"] = sum(
+            count(part) for part in (pipe.fmri_encoder, pipe.condition, pipe.unet, pipe.vqvae)
+        )
     return counts
 
 

@@ -36,20 +36,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_png, encode_png, read_file
 from torchvision.utils import save_image
 from tqdm import tqdm
 
 from . import atomic
-from .checkpoints import CheckpointError, check_checkpoint
+from .checkpoints import CheckpointError
 from .data.datamodule import NSDDataModule
 from .data.schema import DatasetError
 from .data.shards import sha256_file
 from .metrics.callbacks import comparison_grid, subject_scores
-from .models.ldm import vq_downsampling
-from .stages.diffusion import LDMFinetune
+from .models.factory import CheckpointFormatError
+from .reconstruction_pipeline import FMRIReconstructionPipeline
 
 if TYPE_CHECKING:
     from .models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
@@ -71,27 +70,12 @@ class ReconstructionError(ValueError):
     """A run cannot start: not a stage-3 checkpoint, or an output folder made with other settings."""
 
 
-def load_finetune(ckpt: str | Path) -> LDMFinetune:
-    """The :class:`LDMFinetune` of a Lightning checkpoint, on CPU; clear errors for any other file."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    check_checkpoint(path, "re-run the stage-3 fit that wrote it")
-    try:  # mmap: looking inside costs no read of the weights
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a non-checkpoint
-        raise ReconstructionError(
-            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
-    if not any(name.startswith("conditioner.") for name in state):
-        raise ReconstructionError(f"{path} is not an LDMFinetune (stage 3) checkpoint: no fMRI conditioner")
-    if not any(name.startswith("aligner.") for name in state):
-        raise ReconstructionError(
-            f"{path} is a stage-3 checkpoint of lightning-fcae before 2026-12 (fMRI tokens mapped straight to "
-            "the UNet, no CLIP token map): it cannot be converted; re-run stage 3 with the current code"
-        )
-    return LDMFinetune.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+def load_pipeline(ckpt: str | Path, ldm: str | Path | None = None) -> FMRIReconstructionPipeline:
+    """The reconstruction pipeline of a stage-3 checkpoint (or run folder), on CPU; one-line errors."""
+    try:
+        return FMRIReconstructionPipeline.from_pretrained(ckpt, ldm=ldm)
+    except CheckpointFormatError as exc:
+        raise ReconstructionError(str(exc)) from exc
 
 
 def sample_seed(seed: int, key: str) -> int:
@@ -115,7 +99,13 @@ def read_png(path: Path) -> Tensor:
 
 
 def _reconstruct_batch(
-    model: LDMFinetune, batch: dict, out: Path, steps: int, guidance: float, samples: int, seed: int
+    pipe: FMRIReconstructionPipeline,
+    batch: dict,
+    out: Path,
+    steps: int,
+    guidance: float,
+    samples: int,
+    seed: int,
 ) -> Tensor:
     """``[b, samples, 3, H, W]`` uint8 reconstructions of a batch: read back for a key whose PNGs all
     exist; the others sampled in one call, each with its key's own seed, and written (with the truth
@@ -132,11 +122,12 @@ def _reconstruct_batch(
             recon.append(None)
             todo.append(i)
     if todo:
-        voxels = model.hparams.num_voxels
-        fmri = batch["fmri"][todo]
-        fmri = F.pad(fmri, (0, voxels - fmri.shape[1])).to(model.device)  # n V: zero padding, as in training
-        seeds = [sample_seed(seed, batch["key"][i]) for i in todo]
-        images = to_uint8(model.reconstruct(fmri, steps, guidance, samples, seeds).cpu())  # n s 3 H W
+        generators = [
+            torch.Generator(pipe.device).manual_seed(sample_seed(seed, batch["key"][i])) for i in todo
+        ]
+        # z-scored by the DataModule; the pipeline zero-pads to the encoder's length, as in training
+        sampled = pipe(batch["fmri"][todo], None, steps, guidance, samples, generators, output_type="pt")
+        images = to_uint8(sampled.cpu())  # n s 3 H W
         for i, row in zip(todo, images):
             recon[i] = row
             for j, image in enumerate(row):
@@ -217,28 +208,31 @@ def reconstruct(
     n_way: int = 50,
     device: str | None = None,
     progress: bool = True,
+    ldm: str | Path | None = None,
 ) -> dict:
     """Reconstruct ``split`` (repeats averaged) into ``out`` and return the metrics written to
     ``out/metrics.json`` (see the module doc). ``clip_model`` (+ ``clip_pretrained``, a local file or
     open_clip tag) adds the CLIP scores; ``batch_size`` is how many fMRI samples are read, sampled and
     CLIP-embedded at a time (the UNet runs on up to ``2 x samples x batch_size`` latents). ``steps`` and
-    ``guidance`` default to the checkpoint's ``sample_steps`` and ``guidance_scale``."""
+    ``guidance`` default to the checkpoint's ``sample_steps`` and ``guidance_scale``. ``ckpt`` is a stage-3
+    checkpoint or a run folder; ``ldm`` the frozen LDM's folder when it is no longer where the checkpoint
+    recorded it."""
     out = Path(out)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_finetune(ckpt).to(device).eval()
-    steps = steps or model.hparams.sample_steps
-    guidance = model.hparams.guidance_scale if guidance is None else guidance
+    pipe = load_pipeline(ckpt, ldm).to(device)
+    steps = steps or pipe.config.num_inference_steps
+    guidance = pipe.config.guidance_scale if guidance is None else guidance
     data = NSDDataModule(
         str(data_dir),
         subjects=subjects,
         batch_size=batch_size,
         num_workers=0,
-        patch_size=model.aligner.encoder.patch_size,
-        image_size=model.latent_size * vq_downsampling(model.vq),  # truth at the reconstructions' size
+        patch_size=pipe.fmri_encoder.aligner.encoder.patch_size,
+        image_size=pipe.image_size,  # truth at the reconstructions' size
     )
-    if data.num_voxels > model.hparams.num_voxels:
+    if data.num_voxels > pipe.fmri_encoder.num_voxels:
         raise ReconstructionError(
-            f"the data has {data.num_voxels} (padded) voxels, the model takes {model.hparams.num_voxels}"
+            f"the data has {data.num_voxels} (padded) voxels, the model takes {pipe.fmri_encoder.num_voxels}"
         )
     clip = None
     if clip_model:
@@ -262,7 +256,7 @@ def reconstruct(
     bar = tqdm(total=data.num_samples(split), desc=f"reconstruct {split}", unit="img", disable=not progress)
     for batch in data.eval_dataloader(split):
         with autocast, torch.no_grad():
-            recon = _reconstruct_batch(model, batch, out, steps, guidance, samples, seed)  # b s 3 H W
+            recon = _reconstruct_batch(pipe, batch, out, steps, guidance, samples, seed)  # b s 3 H W
             for index, images in enumerate(collected.values()):
                 rows = batch["subject"] == index
                 if rows.any():
@@ -307,7 +301,12 @@ def format_metrics(metrics: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command's options (also what a pipeline plan's ``reconstruct:`` section may set)."""
     parser = argparse.ArgumentParser(prog="lightning-fcae reconstruct", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", type=Path, required=True, help="LDMFinetune (stage 3) checkpoint")
+    parser.add_argument(
+        "--ckpt",
+        type=Path,
+        required=True,
+        help="LDMFinetune (stage 3) checkpoint, or a run folder holding one",
+    )
     parser.add_argument("--data", dest="data_dir", required=True, help="dataset directory or URL")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes)")
@@ -325,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-pretrained", default=None, help="its weights: a local file or open_clip tag")
     parser.add_argument("--n-way", type=int, default=50)
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--ldm", type=Path, default=None, help="the frozen LDM's folder, if it moved since stage 3 trained"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 

@@ -216,7 +216,7 @@ def test_per_row_generators_make_rows_independent_of_the_batch():
     close(recon([c, a], [3, 7])[1], batched[0])  # row a's images, whatever sits beside it
     assert not torch.allclose(batched[:, 0], batched[:, 1], atol=1e-3)  # a row's samples differ
     assert not torch.allclose(recon([a, a], [7, 8])[0], recon([a, a], [7, 8])[1], atol=1e-3)
-    with pytest.raises(ValueError, match="3 seeds for 2"):
+    with pytest.raises(ValueError, match="3 generators for 2"):
         recon([a, b], [1, 2, 3])
 
     # sample_images itself, with DDIM noise at every step (eta > 0) drawn per row too

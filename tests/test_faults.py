@@ -23,7 +23,7 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from lightning_fcae.checkpoints import AtomicCheckpointIO
+from lightning_fcae.checkpoint_io import AtomicCheckpointIO
 from lightning_fcae.cli import main
 from lightning_fcae.data.schema import Manifest
 from lightning_fcae.pipeline import Pipeline
@@ -307,7 +307,7 @@ def _damaged_stage_checkpoint(tmp_path, stage3):
     return (
         ["reconstruct", *_reconstruct_args((data, _cut(cut)), tmp_path / "out")],
         cut,
-        "re-run the stage-3 fit",
+        "re-run the stage that wrote it",
     )
 
 

@@ -17,6 +17,7 @@ from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.data.shards import DatasetWriter
 from lightning_fcae.metrics.callbacks import ReconstructionMetrics
 from lightning_fcae.reconstruct import ReconstructionError, reconstruct
+from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline
 from lightning_fcae.stages.diffusion import LDMFinetune
 from tests.conftest import VOXELS
 from tests.ddp import run_ranks
@@ -73,14 +74,14 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
         torch.manual_seed(0)  # the random-weight test CLIP is initialised from the global RNG
         return reconstruct(ckpt, data, out=out, steps=3, clip_model="fcae-clip-tiny", n_way=4, progress=False)
 
-    rows = []  # fMRI rows per LDMFinetune.reconstruct call
-    original = LDMFinetune.reconstruct
+    rows = []  # fMRI rows per pipeline call
+    original = FMRIReconstructionPipeline.__call__
 
     def counting(self, fmri, *args, **kwargs):
         rows.append(len(fmri))
         return original(self, fmri, *args, **kwargs)
 
-    monkeypatch.setattr(LDMFinetune, "reconstruct", counting)
+    monkeypatch.setattr(FMRIReconstructionPipeline, "__call__", counting)
     metrics = run()
     assert rows == [16]  # the one data batch (batch_size 16) sampled in one call
     monkeypatch.undo()
@@ -111,12 +112,12 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
     def no_sampling(*args, **kwargs):
         raise AssertionError("a finished sample was sampled again")
 
-    monkeypatch.setattr(LDMFinetune, "reconstruct", no_sampling)
+    monkeypatch.setattr(FMRIReconstructionPipeline, "__call__", no_sampling)
     assert run() == metrics
 
     # a lost PNG is sampled again, alone, with its own seed: the same image as in the batch of 16
     monkeypatch.undo()
-    monkeypatch.setattr(LDMFinetune, "reconstruct", counting)
+    monkeypatch.setattr(FMRIReconstructionPipeline, "__call__", counting)
     rows.clear()
     lost = images[5]
     before = lost.read_bytes()
@@ -168,10 +169,15 @@ def test_cli_reconstruct_and_clear_errors(trained, tmp_path, capsys):
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("not a checkpoint")
     stage1_like = tmp_path / "stage1.ckpt"
-    torch.save({"state_dict": {"encoder.weight": torch.zeros(1)}}, stage1_like)
+    torch.save(
+        {"state_dict": {"model.x": torch.zeros(1)}, "models": {"model": {"class": "MAE"}}}, stage1_like
+    )
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": {"aligner.x": torch.zeros(1), "conditioner.x": torch.zeros(1)}}, legacy)
     for path, message in (
         (not_a_checkpoint, "not a PyTorch checkpoint"),
         (stage1_like, "not an LDMFinetune"),
+        (legacy, "lightning-fcae upgrade-checkpoint"),
     ):
         with pytest.raises(SystemExit) as exit_:
             cli_main([*args, "--ckpt", str(path), "--out", str(tmp_path / "bad")])

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_fcae.models.mae import MAE, MAEOutput
-from lightning_fcae.models.sizes import DecoderConfig, EncoderConfig
+from lightning_fcae.models.sizes import DecoderConfig, EncoderConfig, config_dicts
 from lightning_fcae.models.vit import (
     Block,
     CrossBlock,
@@ -121,6 +121,14 @@ class ImageGuidance(nn.Module):
         grad_checkpointing: bool = False,
     ):
         super().__init__()
+        self.model_args = {
+            **config_dicts(encoder=encoder, decoder=decoder),
+            "num_tokens": num_tokens,
+            "token_dim": token_dim,
+            "depth": depth,
+            "decoder_depth": decoder_depth,
+            "image_side": image_side,
+        }
         self.grad_checkpointing = grad_checkpointing
         d, w = encoder.embed_dim, decoder.embed_dim
         self.image_to_fmri = nn.Linear(token_dim, d)
@@ -192,6 +200,7 @@ class DCMAE(MAE):
         guidance: ImageGuidance | None = None,
     ):
         super().__init__(num_voxels, encoder, decoder, norm_pix_loss, grad_checkpointing)
+        self.model_args["guidance"] = None if guidance is None else guidance.model_args
         self.guidance = guidance
 
     def forward(

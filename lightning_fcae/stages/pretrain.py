@@ -2,7 +2,8 @@
 
 The LightningModules only wire a plain model (``lightning_fcae.models``), its loss, the optimiser
 and logging. Their checkpoints are what stage 2 loads through its ``encoder_ckpt`` argument
-(:func:`load_pretrained`); ``fit --ckpt_path`` is for resuming the same stage only.
+(``models/factory.py`` rebuilds ``model`` from them); ``fit --ckpt_path`` is for resuming the same stage
+only.
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..checkpoints import load_checkpoint
 from ..models import FCAE, MAE, DecoderConfig, EncoderConfig, RegressorConfig, fcae_loss, mae_loss, model_size
 from ..models.dcmae import DCMAE, ImageGuidance, image_reconstruction_loss, info_nce, local_contrast
+from ..models.factory import load_model
 from ..models.vit import unpatchify
 from .optim import adamw_warmup_cosine
+from .records import RecordsModels
 from .seeding import RankSeededModule
 
 ModelSize = Literal["tiny", "small", "base", "large"]
 
 
-class MaskedPretrain(RankSeededModule):
+class MaskedPretrain(RecordsModels, RankSeededModule):
     """What the stage-1 modules share: schedule, logging, compile, the pooled embedding."""
 
     model: FCAE | MAE | DCMAE
+    recorded_models = ("model",)
 
     def __init__(
         self,
@@ -223,14 +226,17 @@ class DCMAEPretrain(MaskedPretrain):
             raise ValueError(f"loss weights must be >= 0 and temperature > 0, got {weights}, {temperature}")
         if image_guided and not 0.0 < image_mask_ratio < 1.0:
             raise ValueError(f"image_mask_ratio must be in (0, 1), got {image_mask_ratio}")
+        source = None
         if init_ckpt is not None:
-            source = stage1_hparams(init_ckpt)
-            if source["kind"] not in ("mae", "dcmae") or source["num_voxels"] != num_voxels:
+            source = load_model(init_ckpt, "model")
+            if not isinstance(source, MAE) or source.model_args["num_voxels"] != num_voxels:
                 raise ValueError(
                     f"{init_ckpt}: init_ckpt must be a MAEPretrain/DCMAEPretrain checkpoint on the same "
-                    f"{num_voxels} padded voxels (it is {source['kind']} on {source['num_voxels']})"
+                    f"{num_voxels} padded voxels (it is {type(source).__name__} on "
+                    f"{source.model_args['num_voxels']})"
                 )
-            encoder, decoder = EncoderConfig(**source["encoder"]), DecoderConfig(**source["decoder"])
+            encoder = EncoderConfig(**source.model_args["encoder"])
+            decoder = DecoderConfig(**source.model_args["decoder"])
         encoder, _, decoder = _sizes(size, encoder, None, decoder)
         self.save_hyperparameters(ignore=["encoder", "decoder"])
         self.hparams.update(encoder=vars(encoder), decoder=vars(decoder))
@@ -247,13 +253,13 @@ class DCMAEPretrain(MaskedPretrain):
                 grad_checkpointing=grad_checkpointing,
             )
         self.model = DCMAE(num_voxels, encoder, decoder, norm_pix_loss, grad_checkpointing, guidance)
-        if init_ckpt is not None:
-            self._load_initial(init_ckpt)
+        if source is not None:
+            self._load_initial(source, init_ckpt)
         self.contrast = None  # ClipLoss, set in setup() for the trainer's world size
 
-    def _load_initial(self, path: str) -> None:
-        """Everything but the guidance modules must come from ``path``."""
-        missing, unexpected = self.model.load_state_dict(load_pretrained(path).state_dict(), strict=False)
+    def _load_initial(self, source: MAE, path: str) -> None:
+        """Everything but the guidance modules must come from ``source`` (the model of ``path``)."""
+        missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=False)
         missing = [k for k in missing if not k.startswith("guidance.")]
         unexpected = [k for k in unexpected if not k.startswith("guidance.")]
         if missing or unexpected:
@@ -312,38 +318,3 @@ class DCMAEPretrain(MaskedPretrain):
 
     def losses(self, fmri: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.batch_losses({"fmri": fmri})
-
-
-STAGE1 = {"fcae": FCAEPretrain, "mae": MAEPretrain, "dcmae": DCMAEPretrain}
-
-
-def stage1_hparams(path: str) -> dict:
-    """The hyper-parameters of a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint, with ``kind``
-    ("fcae"/"mae"/"dcmae")."""
-    hparams = load_checkpoint(path).get("hyper_parameters", {})
-    if "encoder" not in hparams or "num_voxels" not in hparams:
-        raise ValueError(
-            f"{path} is not a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint (no encoder hyper-parameters)"
-        )
-    kind = "fcae" if "regressor" in hparams else "dcmae" if "self_contrast_weight" in hparams else "mae"
-    return {**hparams, "kind": kind}
-
-
-def build_stage1(hparams: dict) -> FCAE | MAE | DCMAE:
-    """A randomly initialised stage-1 model from :func:`stage1_hparams` (or ``{kind, num_voxels, size}``)."""
-    config_types = {"encoder": EncoderConfig, "regressor": RegressorConfig, "decoder": DecoderConfig}
-    # LightningCLI adds private keys (``_class_path``, ``_instantiator``) to the hyper-parameters
-    args = {k: v for k, v in hparams.items() if k != "kind" and not k.startswith("_")}
-    args.update({k: cls(**args[k]) for k, cls in config_types.items() if isinstance(args.get(k), dict)})
-    if hparams["kind"] == "dcmae":
-        args["init_ckpt"] = None  # the architecture is recorded; the weights come with the caller's state
-    return STAGE1[hparams["kind"]](**args).model
-
-
-def load_pretrained(path: str) -> FCAE | MAE | DCMAE:
-    """The stage-1 model (fCAE, MAE or DC-MAE) from a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint,
-    on CPU."""
-    model = build_stage1(stage1_hparams(path))
-    state = load_checkpoint(path)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    return model
