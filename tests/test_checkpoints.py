@@ -134,3 +134,26 @@ def test_legacy_checkpoint_names_the_upgrade_and_upgrade_makes_it_load(run_folde
     assert "upgraded" in capsys.readouterr().out and (tmp_path / "stage1.ckpt.bak").is_file()
     model = load_model(path, "model")
     assert all(torch.equal(v, module.model.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_legacy_stage3_checkpoint_upgrades_to_a_slim_one(run_folder, tmp_path):
+    _, run, module = run_folder
+    checkpoint = torch.load(run / "stage3/checkpoints/last.ckpt", weights_only=True)
+    for key in ("models", "ldm", "fmri_preprocessing"):  # as written before 2026-12-02: every weight
+        del checkpoint[key]
+    checkpoint["state_dict"] = module.state_dict()
+    path = run / "stage3/checkpoints/legacy.ckpt"
+    torch.save(checkpoint, path)
+    try:
+        assert upgrade_main([str(path)]) == 0
+        upgraded = torch.load(path, weights_only=True)
+        assert upgraded["ldm"]["relative"] == "../../ldm" and not any(
+            k.startswith("vq.") for k in upgraded["state_dict"]
+        )
+        fmri = torch.randn(2, V, generator=torch.Generator().manual_seed(0))
+        module.eval()
+        pipe = FMRIReconstructionPipeline.from_checkpoint(path)
+        assert torch.allclose(_images(pipe, fmri), module.reconstruct(fmri, steps=2, seed=[3, 4]), atol=1e-6)
+    finally:
+        path.unlink()
+        path.with_name("legacy.ckpt.bak").unlink()

@@ -116,7 +116,7 @@ def test_fit_setup_mistakes_are_one_error_line(toy_dataset, tmp_path, monkeypatc
             [*stage1, f"--data.data_dir={toy_dataset}", "--data.batch_size=0"],
             "error: batch_size must be >= 1",
         ),
-        ([*stage2, "--model.encoder_ckpt=missing.ckpt"], "error: [Errno 2] No such file or directory"),
+        ([*stage2, "--model.encoder_ckpt=missing.ckpt"], "error: checkpoint missing.ckpt does not exist"),
         # predict keeps nothing from the command line without a writer: refused before sampling
         (
             ["predict", *stage1[1:], f"--data.data_dir={toy_dataset}"],
