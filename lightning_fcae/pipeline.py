@@ -9,6 +9,8 @@ seed, the chain the method needs and writes one folder per stage::
     OUT/<method>/seed<k>/recon                   ``lightning-fcae reconstruct`` output
     OUT/<method>/seed<k>/summary.json            what the report tabulates
     OUT/report.html, table2.md, table3.md        :mod:`lightning_fcae.report`
+    OUT/dataset.json                             the sha256 of the data's manifest (a rerun on other data
+                                                 is refused)
 
 Every stage is a plain ``lightning fit --config STAGE/run.yaml`` subprocess: ``run.yaml`` is the stage's
 config (``configs/<stage>.yaml``) merged with the plan's overrides and the run's paths, so any row can be
@@ -16,13 +18,15 @@ re-run by hand with exactly that command. A stage that finished (``STAGE/done-fi
 when the pipeline is run again, and an interrupted one resumes from its ``last.ckpt`` (saved every epoch).
 If the plan (or a stage config) changed since a stage finished or started, the rerun stops and names the
 changed keys instead of mixing old and new results: use a new ``--out``, or delete that stage's folder and
-the ones after it.
+the ones after it. The same holds for the data (``OUT/dataset.json``). docs/reliability.md lists what
+survives a kill.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -81,6 +85,7 @@ STAGE_CONFIGS = {
     "stage3": "stage3_ldm.yaml",
     "classifier": "classifier_pretrain.yaml",
 }
+DATASET_RECORD = "dataset.json"  # OUT/dataset.json: the data a run folder's results were made from
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes after config.json
 
 
@@ -416,6 +421,7 @@ class Pipeline:
             self.stand_ins = load_stand_ins(self.plan["stand_ins"], self.data_dir)
         self.total_steps = self.count_steps(methods, seeds)
         with run_lock(self.out):
+            self.check_dataset()
             clip = self.clip()
             self.ridge(clip)
             ldm = self.ldm(clip)
@@ -423,6 +429,25 @@ class Pipeline:
         done = "dry run: configs written, nothing run" if self.dry_run else "all stages done"
         print(f"[pipeline {self.elapsed()}] {done}", flush=True)
         return summaries
+
+    def check_dataset(self) -> None:
+        """One dataset per run folder: ``OUT/dataset.json`` records the sha256 of the data's manifest (which
+        holds every shard's and the norm stats' sha256) on the first run. A rerun on other data at the same
+        path (regenerated, another seed, a new NSD conversion) is refused: it would skip the finished
+        stages and report their results as the new data's."""
+        from .data.datamodule import read_manifest
+
+        digest = hashlib.sha256(read_manifest(self.data_dir).to_json().encode()).hexdigest()
+        path = self.out / DATASET_RECORD
+        if path.is_file():
+            recorded = json.loads(path.read_text())
+            if recorded.get("manifest_sha256") != digest:
+                raise PlanError(
+                    f"{self.out} holds results made from another dataset (manifest sha256 "
+                    f"{str(recorded.get('manifest_sha256'))[:12]}, recorded in {path}; the data at {self.data_dir} "
+                    f"has {digest[:12]}): use a new --out, or point --data at the dataset it was made from"
+                )
+        atomic.write_text(path, json.dumps({"data_dir": self.data_dir, "manifest_sha256": digest}, indent=2))
 
     def count_steps(self, methods: list[str], seeds: list[int]) -> int:
         trains = self.stand_ins is None

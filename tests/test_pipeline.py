@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -230,6 +231,23 @@ def test_a_second_pipeline_on_the_same_folder_is_refused_in_one_line(tmp_path, s
     assert not (out / "fcae").exists()
     (out / LOCK_NAME).write_text("999999999\n")  # left by a killed run: the kernel freed its lock
     assert main(["--plan", str(plan), "--out", str(out), "--dry-run"]) == 0
+
+
+def test_a_run_folder_refuses_results_from_another_dataset(tmp_path, capsys):
+    """Data regenerated at the same path must not meet the finished stages made from the old data."""
+    from .conftest import write_toy_dataset
+
+    data = write_toy_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = ["--plan", str(write_plan(tmp_path, tiny_plan(data))), "--out", str(out), "--dry-run"]
+    assert main(argv) == 0
+    assert main(argv) == 0  # the same data: resumes
+    shutil.rmtree(data)
+    write_toy_dataset(data, seed=1)  # other fMRI under the same keys and path
+    capsys.readouterr()
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"{out} holds results made from another dataset" in error and "use a new --out" in error
 
 
 def _children(pid: int) -> list[int]:
