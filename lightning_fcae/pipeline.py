@@ -28,6 +28,7 @@ import argparse
 import csv
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -130,6 +131,19 @@ def keep_csv_history(log_dir: Path) -> None:
         metrics.rename(log_dir / f"metrics.part{k}.csv")
 
 
+def resume_point(checkpoints: Path) -> Path | None:
+    """Where an interrupted fit resumes: ``last.ckpt``; or, when the kill fell between Lightning deleting
+    the epoch file ``last.ckpt`` linked to and linking it to the new one (``save_last: link``), the newest
+    epoch checkpoint; None when no epoch was saved."""
+    last = checkpoints / "last.ckpt"
+    if last.is_file():
+        return last
+    steps = {
+        p: int(m[1]) for p in checkpoints.glob("epoch=*.ckpt") if (m := re.search(r"step=(\d+)", p.name))
+    }
+    return max(steps, key=steps.get) if steps else None
+
+
 def last_csv_values(path: Path) -> dict[str, float]:
     """The last logged value of every column of a CSVLogger ``metrics.csv`` (rows are sparse)."""
     values = {}
@@ -179,13 +193,14 @@ class Pipeline:
         last = stage_dir / "checkpoints" / "last.ckpt"
         config = self.stage_config(stage, config_file, stage_dir, seed, extra)
         args = ["fit", "--config", str(stage_dir / "run.yaml")]
-        if last.is_file():  # an interrupted fit left it; a finished one is skipped in run()
-            if not zipfile.is_zipfile(last):  # torch's format is a zip: a cut-off file has no directory
+        resume = resume_point(last.parent)
+        if resume is not None:  # an interrupted fit left it; a finished one is skipped in run()
+            if not zipfile.is_zipfile(resume):  # torch's format is a zip: a cut-off file has no directory
                 raise PlanError(
-                    f"{last}, where {stage_dir.name} would resume, is damaged (cut off by a crash while it "
+                    f"{resume}, where {stage_dir.name} would resume, is damaged (cut off by a crash while it "
                     f"was written?); delete {last.parent} to rerun {stage_dir.name} from its start"
                 )
-            args += ["--ckpt_path", str(last)]
+            args += ["--ckpt_path", str(resume)]
             if not self.dry_run:
                 keep_csv_history(stage_dir / "csv" / "fit")
         self.run(stage_dir, config, args, exports=exports)

@@ -119,6 +119,24 @@ def test_an_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path, synthet
     assert f"{last}, where stage1 would resume, is damaged" in error and f"delete {last.parent}" in error
 
 
+def test_a_kill_while_last_ckpt_was_relinked_resumes_from_the_newest_epoch(tmp_path, synthetic_tiny, capsys):
+    """``save_last: link`` deletes the old epoch file before relinking last.ckpt: a kill in between leaves
+    last.ckpt dangling, and the stage must resume from the new epoch file, not start over."""
+    out = tmp_path / "run"
+    checkpoints = out / "fcae/seed0/stage1/checkpoints"
+    checkpoints.mkdir(parents=True)
+    for name in ("epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt"):
+        torch.save({"epoch": 0}, checkpoints / name)
+    (checkpoints / "last.ckpt").symlink_to("epoch=0-step=2.ckpt")
+    (checkpoints / "epoch=0-step=2.ckpt").unlink()  # deleted, not yet relinked
+    assert (
+        main(["--plan", str(write_plan(tmp_path, tiny_plan(synthetic_tiny))), "--out", str(out), "--dry-run"])
+        == 0
+    )
+    stage1 = next(line for line in capsys.readouterr().out.splitlines() if "fcae/seed0/stage1:" in line)
+    assert stage1.endswith(f"--ckpt_path {checkpoints / 'epoch=1-step=4.ckpt'}")
+
+
 def test_a_stage_done_with_another_config_is_refused(tmp_path, synthetic_tiny, capsys):
     """Editing the plan after a stage finished must not skip it silently (stale results) nor re-run it
     alone (the stages after it would be stale): the rerun stops and names what changed."""
