@@ -28,8 +28,13 @@ def export_fix(path: str | Path) -> str:
 
 def check_checkpoint(path: str | Path, fix: str) -> None:
     """Refuse a file that is not a complete zip (torch's checkpoint format), cheaply: the zip directory
-    is at the end, so a cut-off file has none."""
-    if Path(path).is_file() and not zipfile.is_zipfile(path):
+    is at the end, so a cut-off file has none. A file in torch's pre-1.6 format (a plain pickle, which has
+    no directory to check) is let through to torch."""
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            if f.read(1) == b"\x80":  # a pickle's protocol opcode: the legacy format
+                return
         raise CheckpointError(f"{DAMAGED.format(path=path, kind='PyTorch checkpoint')}; {fix}")
 
 

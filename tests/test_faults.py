@@ -239,8 +239,10 @@ def test_reconstruct_killed_at_a_random_point_resumes_to_the_same_files(stage3, 
     at = random.Random(SEED).randint(1, 8)  # of 16 reconstructions
     command = [sys.executable, "-m", "lightning_fcae", "reconstruct", *_reconstruct_args(stage3, out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: len(list(out.glob("images/*.png"))) >= at, f"{at} reconstructions")
-    process.send_signal(signal.SIGKILL)
+    try:
+        _wait_for(lambda: len(list(out.glob("images/*.png"))) >= at, f"{at} reconstructions")
+    finally:
+        process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL  # it was still running
     before_kill = {p: p.stat().st_mtime_ns for p in out.glob("images/*.png")}
     assert not (out / "metrics.json").exists()
