@@ -439,7 +439,11 @@ class Pipeline:
             self.ridge(clip)
             ldm = self.ldm(clip)
             summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
-        done = "dry run: configs written, nothing run" if self.dry_run else "all stages done"
+        done = (
+            "dry run: configs written, nothing run or checked (--check)"
+            if self.dry_run
+            else "all stages done"
+        )
         print(f"[pipeline {self.elapsed()}] {done}", flush=True)
         return summaries
 

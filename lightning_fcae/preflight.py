@@ -179,6 +179,7 @@ def load_clip_grid(findings: Findings, model: str, weights: str) -> ClipGrid | N
 
 
 def ldm_shape(ldm, source: str) -> LdmShape:
+    """Native side = the UNet's latent side x the VQ's downsampling; grid of its condition, if any."""
     from .models.ldm import vq_downsampling
 
     grid = None
@@ -202,7 +203,8 @@ def load_ldm_shape(findings: Findings, path: str) -> LdmShape | None:
 
 def planned_ldm_shape(unet_config: dict) -> LdmShape:
     """The shape of the stand-in LDM this run trains (``ldm_unet``), built on the meta device (no memory).
-    Its condition's grid is ``ldm_unet``'s own ``clip_tokens`` x ``clip_dim``, checked with the stages'."""
+    It has no condition yet (grid None): ``ldm_unet``'s ``clip_tokens`` x ``clip_dim`` are checked against
+    CLIP with the other stages' in :func:`check_shapes`."""
     from .models.ldm import build_ldm
 
     name = model_arg(unet_config, "ldm_config")
