@@ -408,7 +408,9 @@ def checkpoint_bytes(
     parameter (fp32 weight + AdamW's two moments) and 4 per frozen one (stage 3's LDM), times the files
     it keeps, plus the largest once more (Lightning writes an epoch's file before deleting the previous
     one). Stages done already count nothing. Parameter counts: stage 1 as built; its image phase and
-    stage 2 as stage 1 (the decoder goes, a token map comes); stage 3 stage 1's plus the LDM's."""
+    stage 2 as stage 1 (the decoder goes, a token map comes); stage 3 stage 1's plus the frozen LDM's,
+    which its checkpoints hold today. At the paper's sizes this gives 1.3 GB for stage 1 and 3.1 GB for
+    stage 3, beside 1.3 and ~3 GB measured."""
     sizes, fmri = [], 0
     for fit in fits:
         config = configs.get((fit.stage, fit.config_file))

@@ -173,7 +173,7 @@ def _download_hint(model_name: str, tag: str, cfg: dict) -> str:
     )
     if cfg.get("quick_gelu") and f"{model_name}-quickgelu" in open_clip.list_models():
         hint += f" and clip_model: {model_name}-quickgelu (these weights use QuickGELU)"
-    if cfg.get("url", "").endswith(".pt") and repo:  # OpenAI's own file, a TorchScript archive
+    if tag == "openai" and cfg.get("url") and repo:  # OpenAI's own release, a TorchScript archive
         hint += f". OpenAI's TorchScript file {cfg['url']} loads as well"
     return hint + ". A local file loads offline."
 
