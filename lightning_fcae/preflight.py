@@ -383,8 +383,10 @@ def clip_parameters(config: dict) -> int:
     config (``open_clip.create_model`` moves models to a device, which meta tensors refuse)."""
     import open_clip
 
+    cfg = dict(open_clip.get_model_config(model_arg(config, "architecture")))
+    cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
     with torch.device("meta"):
-        model = open_clip.CLIP(**open_clip.get_model_config(model_arg(config, "architecture")))
+        model = cls(**cfg)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -411,14 +413,17 @@ def checkpoint_bytes(
     stage 2 as stage 1 (the decoder goes, a token map comes); stage 3 stage 1's plus the frozen LDM's,
     which its checkpoints hold today. At the paper's sizes this gives 1.3 GB for stage 1 and 3.1 GB for
     stage 3, beside 1.3 and ~3 GB measured."""
-    sizes, fmri = [], 0
+    sizes, fmri, counted = [], 0, {}  # counted: stage-1 config file -> parameters, built once
     for fit in fits:
         config = configs.get((fit.stage, fit.config_file))
         if config is None:  # it did not load: reported already
             continue
         if fit.stage == "stage1":
-            with findings.check(f"stages.stage1 ({fit.config_file})"):
-                fmri = fmri_parameters(config, manifest)
+            if fit.config_file not in counted:
+                counted[fit.config_file] = 0
+                with findings.check(f"stages.stage1 ({fit.config_file})"):  # its constructor's refusals
+                    counted[fit.config_file] = fmri_parameters(config, manifest)
+            fmri = counted[fit.config_file]
         if (fit.stage_dir / "done-fit.json").is_file():
             continue
         if fit.stage in ("stage1", "stage1_image", "stage2"):
