@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_fcae.cli import run_lightning_cli
 from lightning_fcae.data.datamodule import NSDDataModule
-from lightning_fcae.models.ldm import build_ldm, cross_attention_parameters, ldm_config, load_ldm
+from lightning_fcae.models.ldm import build_ldm, cross_attention_parameters, ldm_config, load_ldm, save_ldm
 from lightning_fcae.models.ldm_convert import convert_compvis_ldm
 from lightning_fcae.models.ldm_convert import main as convert_main
 from lightning_fcae.sampling import sample_images
@@ -171,6 +171,13 @@ def test_encoder_from_stage1_checkpoint(toy_dataset, tmp_path):
 def test_load_ldm_names_the_expected_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"vqvae.*unet.*scheduler"):
         load_ldm(tmp_path)
+
+
+def test_loading_an_ldm_prints_no_accelerate_notice(tmp_path, capfd):
+    """diffusers asks for accelerate on every from_pretrained; it would save nothing here
+    (lightning_fcae/models/__init__.py says why), so the notice is dropped."""
+    load_ldm(save_ldm(build_ldm("tiny"), tmp_path / "ldm"))
+    assert "accelerate" not in capfd.readouterr().err
 
 
 def test_sampling_shape_range_guidance_and_determinism():
