@@ -200,9 +200,9 @@ def test_sampling_shape_range_guidance_and_determinism():
     with pytest.raises(ValueError, match="null condition"):
         sample(guidance=2.0)
 
-    recon = module.reconstruct(_batch(2)["fmri"], steps=3, samples=2, seed=5)
+    recon = module.sample(_batch(2)["fmri"], steps=3, samples=2, seed=5)
     assert recon.shape == (2, 2, 3, 16, 16)
-    assert torch.equal(recon, module.reconstruct(_batch(2)["fmri"], steps=3, samples=2, seed=5))
+    assert torch.equal(recon, module.sample(_batch(2)["fmri"], steps=3, samples=2, seed=5))
     assert not torch.equal(recon[:, 0], recon[:, 1])  # samples of one fMRI differ
 
 
@@ -212,7 +212,7 @@ def test_per_row_generators_make_rows_independent_of_the_batch():
     a, b, c = fmri[0:1], fmri[1:2], fmri[2:3]
 
     def recon(rows, seed, samples=2):
-        return module.reconstruct(torch.cat(rows), steps=3, samples=samples, seed=seed)
+        return module.sample(torch.cat(rows), steps=3, samples=samples, seed=seed)
 
     def close(x, y):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
