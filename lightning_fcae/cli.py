@@ -160,6 +160,12 @@ def _data_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true")
+    synth.add_argument(
+        "--train-images", type=int, default=None, help="per subject, val included (default: the profile's)"
+    )
+    synth.add_argument(
+        "--test-images", type=int, default=None, help="shared by all subjects (default: the profile's)"
+    )
 
     check = sub.add_parser("check", help="ridge-decoder sanity check: is there signal, is it not trivial?")
     check.add_argument("path", type=Path)
@@ -189,7 +195,14 @@ def data_main(argv: list[str]) -> int:
     if args.command == "synth":
         from .data.synthetic import generate
 
-        manifest = generate(args.profile, args.out, seed=args.seed, overwrite=args.overwrite)
+        manifest = generate(
+            args.profile,
+            args.out,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            train_images=args.train_images,
+            test_images=args.test_images,
+        )
         print(f"wrote {manifest.name} to {args.out}: " + _counts(manifest))
     elif args.command == "check":
         from .data.check import check_dataset, format_check_report

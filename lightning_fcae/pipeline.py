@@ -76,6 +76,17 @@ METHODS: dict[str, Method] = {
         "MAE, F+I", "stage1_mae.yaml", "MAE", {"use_image": True, "use_text": False}, tables=("table3",)
     ),
 }
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One ``lightning fit`` of a run: which stage, from which config file, into which folder."""
+
+    stage: str
+    config_file: str
+    stage_dir: Path
+
+
 TABLE2_METHODS = ("fcae", "mindvis", "visdec")
 TABLE3_METHODS = ("fcae", "fcae_F", "fcae_FI", "fcae_FT", "mindvis", "mae_FI")
 STAGE_CONFIGS = {
@@ -88,6 +99,14 @@ STAGE_CONFIGS = {
 }
 DATASET_RECORD = "dataset.json"  # OUT/dataset.json: the data a run folder's results were made from
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes after config.json
+
+
+def chosen_methods(methods: list[str]) -> list[str]:
+    """``methods`` once each, in order; an unknown one is a :class:`PlanError`."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise PlanError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(methods))
 
 
 def modalities(method: Method) -> str:
@@ -420,10 +439,7 @@ class Pipeline:
 
     # --- everything -------------------------------------------------------------------------------
     def __call__(self, methods: list[str], seeds: list[int]) -> list[dict]:
-        methods, seeds = list(dict.fromkeys(methods)), list(dict.fromkeys(seeds))  # each runs once
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise PlanError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        methods, seeds = chosen_methods(methods), list(dict.fromkeys(seeds))  # each runs once
         if not (Path(self.data_dir) / "manifest.json").is_file() and "://" not in self.data_dir:
             raise PlanError(
                 f"no dataset at {self.data_dir}: create the synthetic benchmark with `lightning-fcae data "
@@ -434,6 +450,12 @@ class Pipeline:
             from .stand_ins.shipped import load_stand_ins  # imports torch: only when a plan names them
 
             self.stand_ins = load_stand_ins(self.plan["stand_ins"], self.data_dir)
+        if not self.dry_run:  # weights, shapes, devices, disk: in seconds, not after hours of stage 1
+            from .preflight import PreflightError, preflight
+
+            findings = preflight(self, methods, seeds)
+            if findings.problems:
+                raise PreflightError(findings.problems)
         self.total_steps = self.count_steps(methods, seeds)
         with run_lock(self.out):
             self.check_dataset()
@@ -441,7 +463,11 @@ class Pipeline:
             self.ridge(clip)
             ldm = self.ldm(clip)
             summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
-        done = "dry run: configs written, nothing run" if self.dry_run else "all stages done"
+        done = (
+            "dry run: configs written, nothing run or checked (--check)"
+            if self.dry_run
+            else "all stages done"
+        )
         print(f"[pipeline {self.elapsed()}] {done}", flush=True)
         return summaries
 
@@ -463,6 +489,28 @@ class Pipeline:
                     f"has {digest[:12]}): use a new --out, or point --data at the dataset it was made from"
                 )
         atomic.write_text(path, json.dumps({"data_dir": self.data_dir, "manifest_sha256": digest}, indent=2))
+
+    def fits(self, methods: list[str], seeds: list[int]) -> list[Fit]:
+        """Every ``lightning fit`` the run makes, in order (the stand-ins it trains first): what the
+        preflight checks. Mirrors :meth:`clip`, :meth:`ldm` and :meth:`method`."""
+        shared, fits = self.out / "shared", []
+        if not self.use_shipped:
+            if not self.plan.get("clip_pretrained"):
+                fits.append(Fit("clip_pretrain", STAGE_CONFIGS["clip_pretrain"], shared / "clip_pretrain"))
+            if not self.plan.get("pretrained_ldm"):
+                fits += [
+                    Fit(f"ldm_{p}", STAGE_CONFIGS[f"ldm_{p}"], shared / f"ldm_{p}") for p in ("vq", "unet")
+                ]
+        for seed in dict.fromkeys(seeds):
+            for name in chosen_methods(methods):
+                method, root = METHODS[name], self.out / name / f"seed{seed}"
+                fits.append(Fit("stage1", method.stage1_config, root / "stage1"))
+                if method.image_phase is not None:
+                    fits.append(Fit("stage1_image", method.image_phase, root / "stage1_image"))
+                if method.align is not None:
+                    fits.append(Fit("stage2", STAGE_CONFIGS["stage2"], root / "stage2"))
+                fits.append(Fit("stage3", STAGE_CONFIGS["stage3"], root / "stage3"))
+        return fits
 
     def count_steps(self, methods: list[str], seeds: list[int]) -> int:
         trains = self.stand_ins is None
@@ -506,6 +554,21 @@ def seed_value(text: str) -> int:
     return seed
 
 
+def check(pipeline: Pipeline, methods: list[str], seeds: list[int]) -> int:
+    """``pipeline --check``: the preflight's problems, one a line (exit 2), or what it verified (exit 0)."""
+    from .preflight import preflight
+
+    started = time.monotonic()
+    findings = preflight(pipeline, methods, seeds)
+    if findings.problems:
+        print("\n".join(f"problem: {line}" for line in findings.problems), file=sys.stderr)
+        print(f"preflight: {len(findings.problems)} problem(s)", file=sys.stderr)
+        return 2
+    print("\n".join(f"ok: {line}" for line in findings.verified))
+    print(f"preflight OK ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``lightning-fcae pipeline --plan PLAN --out DIR [--methods ...] [--seeds ...]``."""
     parser = argparse.ArgumentParser(prog="lightning-fcae pipeline", description=__doc__.splitlines()[0])
@@ -516,6 +579,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="dataset directory (default: the plan's data_dir)")
     parser.add_argument("--configs", type=Path, default=Path("configs"), help="the stage configs' folder")
     parser.add_argument("--dry-run", action="store_true", help="write the configs, print the commands")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only the preflight (every real run makes it first): data, weights, shapes, devices, disk; "
+        "one line per problem, exit 2 if any",
+    )
     parser.add_argument(
         "--train-stand-ins",
         action="store_true",
@@ -529,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
             plan["data_dir"] = args.data
         if "data_dir" not in plan:
             raise PlanError(f"{args.plan}: no data_dir (or pass --data)")
-        Pipeline(plan, args.out, args.configs, args.dry_run, args.train_stand_ins)(args.methods, args.seeds)
+        pipeline = Pipeline(plan, args.out, args.configs, args.dry_run, args.train_stand_ins)
+        if args.check:
+            return check(pipeline, args.methods, args.seeds)
+        pipeline(args.methods, args.seeds)
     except (PlanError, RuntimeError, FileNotFoundError) as exc:  # StandInError is a FileNotFoundError
         print(f"error: {exc}", file=sys.stderr)
         return 2

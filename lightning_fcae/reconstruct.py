@@ -9,7 +9,7 @@
     OUT/settings.json         what generated the PNGs: a resumed run must use the same
 
 Runs resume: a sample whose PNGs all exist is not sampled again, its PNGs are read back. The samples of
-a data batch still to do are sampled together, in one ``LDMFinetune.reconstruct`` call (a UNet batch of
+a data batch still to do are sampled together, in one ``FMRIReconstructionPipeline`` call (a UNet batch of
 ``2 x samples x`` their number), but each sample's noise comes from its own generator, seeded
 ``seed + crc32(key)``, so its images do not depend on what else is in the batch: a resumed run writes
 the images an uninterrupted one would. Same noise, that is: kernels whose order of operations changes
@@ -46,7 +46,7 @@ from .checkpoints import CheckpointError
 from .data.datamodule import NSDDataModule
 from .data.schema import DatasetError
 from .data.shards import sha256_file
-from .metrics.callbacks import comparison_grid, subject_scores
+from .metrics.scoring import comparison_grid, subject_scores
 from .models.factory import CheckpointFormatError
 from .reconstruction_pipeline import FMRIReconstructionPipeline
 
@@ -192,7 +192,7 @@ def summarise(per_subject: dict[str, dict]) -> dict:
     return summary
 
 
-def reconstruct(
+def reconstruct_split(
     ckpt: str | Path,
     data_dir: str | Path,
     split: str = "test",
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     """``lightning-fcae reconstruct --ckpt CKPT --data DIR --out DIR [...]``."""
     args = build_parser().parse_args(argv)
     try:
-        metrics = reconstruct(**vars(args))
+        metrics = reconstruct_split(**vars(args))
     except (ReconstructionError, CheckpointError, FileNotFoundError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -56,7 +56,7 @@ def test_a_copied_run_folder_reconstructs_the_same_images(run_folder, tmp_path):
     data, run, module = run_folder
     fmri = torch.randn(2, V, generator=torch.Generator().manual_seed(0))
     module.eval()
-    expected = module.reconstruct(fmri, steps=2, seed=[3, 4])
+    expected = module.sample(fmri, steps=2, seed=[3, 4])
     copy = shutil.copytree(run, tmp_path / "elsewhere")
     moved = tmp_path / "moved-away"
     shutil.move(str(run), moved)  # the original is gone: only recorded relative paths can work
@@ -153,7 +153,7 @@ def test_legacy_stage3_checkpoint_upgrades_to_a_slim_one(run_folder, tmp_path):
         fmri = torch.randn(2, V, generator=torch.Generator().manual_seed(0))
         module.eval()
         pipe = FMRIReconstructionPipeline.from_checkpoint(path)
-        assert torch.allclose(_images(pipe, fmri), module.reconstruct(fmri, steps=2, seed=[3, 4]), atol=1e-6)
+        assert torch.allclose(_images(pipe, fmri), module.sample(fmri, steps=2, seed=[3, 4]), atol=1e-6)
     finally:
         path.unlink()
         path.with_name("legacy.ckpt.bak").unlink()

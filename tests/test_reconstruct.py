@@ -16,7 +16,7 @@ from lightning_fcae.cli import main as cli_main
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.data.shards import DatasetWriter
 from lightning_fcae.metrics.callbacks import ReconstructionMetrics
-from lightning_fcae.reconstruct import ReconstructionError, reconstruct
+from lightning_fcae.reconstruct import ReconstructionError, reconstruct_split
 from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline
 from lightning_fcae.stages.diffusion import LDMFinetune
 from tests.conftest import VOXELS
@@ -72,7 +72,9 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
 
     def run():
         torch.manual_seed(0)  # the random-weight test CLIP is initialised from the global RNG
-        return reconstruct(ckpt, data, out=out, steps=3, clip_model="fcae-clip-tiny", n_way=4, progress=False)
+        return reconstruct_split(
+            ckpt, data, out=out, steps=3, clip_model="fcae-clip-tiny", n_way=4, progress=False
+        )
 
     rows = []  # fMRI rows per pipeline call
     original = FMRIReconstructionPipeline.__call__
@@ -127,7 +129,7 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
     assert all(p.stat().st_mtime_ns == mtimes[p] for p in images if p != lost)
 
     with pytest.raises(ReconstructionError, match="steps"):  # other settings would mix two runs' images
-        reconstruct(ckpt, data, out=out, steps=4, progress=False)
+        reconstruct_split(ckpt, data, out=out, steps=4, progress=False)
     # a checkpoint retrained into the same path is another model, whatever its name
     retrained = tmp_path / "retrained" / ckpt.name
     retrained.parent.mkdir()
@@ -139,18 +141,18 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
     settings = json.loads((out / "settings.json").read_text())
     (out / "settings.json").write_text(json.dumps(settings | {"ckpt": str(retrained.resolve())}))
     with pytest.raises(ReconstructionError, match="ckpt_sha256"):
-        reconstruct(retrained, data, out=out, steps=3, progress=False)
+        reconstruct_split(retrained, data, out=out, steps=3, progress=False)
     # other fMRI under the same keys is another evaluation: its PNGs are not these
     other = _textured_dataset(tmp_path / "other-data", fmri_seed=1)
     with pytest.raises(ReconstructionError, match="data_sha256"):
-        reconstruct(ckpt, other, out=out, steps=3, progress=False)
+        reconstruct_split(ckpt, other, out=out, steps=3, progress=False)
 
 
 def test_sampling_settings_default_to_the_checkpoints(trained, tmp_path):
     """Without --steps / --guidance, reconstruct samples as the model was configured to (its
     ``sample_steps`` and ``guidance_scale``), not with a default of its own."""
     data, ckpt = trained
-    reconstruct(ckpt, data, out=tmp_path / "out", n_way=2, progress=False)
+    reconstruct_split(ckpt, data, out=tmp_path / "out", n_way=2, progress=False)
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())
     assert (settings["steps"], settings["guidance"]) == (2, 3.0)
 
@@ -200,13 +202,13 @@ class ImageLogger(CSVLogger):
 def test_reconstruction_metrics_callback(trained, tmp_path, monkeypatch):
     data, _ = trained
     calls = []
-    original = LDMFinetune.reconstruct
+    original = LDMFinetune.sample
 
     def counting(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(LDMFinetune, "reconstruct", counting)
+    monkeypatch.setattr(LDMFinetune, "sample", counting)
     torch.manual_seed(0)
     callback = ReconstructionMetrics(num_samples=4, steps=2, every_n_epochs=2)
     trainer = _trainer(

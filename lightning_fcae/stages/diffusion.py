@@ -305,7 +305,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         )
 
     @torch.no_grad()
-    def reconstruct(
+    def sample(
         self,
         fmri: torch.Tensor,
         steps: int | None = None,
@@ -338,7 +338,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         )
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"key": batch["key"], "image": batch.get("image"), "recon": self.reconstruct(batch["fmri"])}
+        return {"key": batch["key"], "image": batch.get("image"), "recon": self.sample(batch["fmri"])}
 
     def configure_optimizers(self):
         hp = self.hparams
