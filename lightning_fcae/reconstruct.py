@@ -4,7 +4,8 @@
 
     OUT/images/{key}_{i}.png  reconstruction i < samples of sample ``key`` (e.g. subj01_nsd000012)
     OUT/truth/{key}.png       the seen image, at the reconstructions' resolution
-    OUT/grid.png              truth | reconstructions of the first 16 samples
+    OUT/grid.png              truth | reconstructions of the first 8 samples of each subject
+    OUT/grid.json             those samples in order (key, subject, first caption): the report's labels
     OUT/metrics.json          the metrics and the run's settings
     OUT/settings.json         what generated the PNGs: a resumed run must use the same
 
@@ -53,7 +54,7 @@ from .stages.diffusion import LDMFinetune
 if TYPE_CHECKING:
     from .models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
 
-GRID_SAMPLES = 16
+GRID_PER_SUBJECT = 8
 BLOCKS = ("raw", "pairwise", "perceptual")
 CONVENTIONS = {
     "raw": "MindEye / the paper's Table 2: mean over images of MSE, pixel Pearson r and SSIM (grayscale, "
@@ -259,7 +260,7 @@ def reconstruct(
         (out / folder).mkdir(exist_ok=True)
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     collected = {name: _SubjectImages() for name in data.subjects}
-    grid: list[tuple[Tensor, Tensor]] = []  # (truth [3, H, W], recon [s, 3, H, W]) uint8
+    grid: dict[int, list[tuple[Tensor, Tensor, dict]]] = {}  # subject -> (truth, recon [s], label)
     bar = tqdm(total=data.num_samples(split), desc=f"reconstruct {split}", unit="img", disable=not progress)
     for batch in data.eval_dataloader(split):
         with autocast, torch.no_grad():
@@ -268,12 +269,10 @@ def reconstruct(
                 rows = batch["subject"] == index
                 if rows.any():
                     images.add(recon[rows, 0], batch["image"][rows], clip, device)
-        grid += list(zip(batch["image"], recon))[: GRID_SAMPLES - len(grid)]
+        _pick_for_grid(grid, batch, recon, list(data.subjects))
         bar.update(len(recon))
     bar.close()
-
-    truth, recon = (torch.stack(x).float() / 255 for x in zip(*grid))  # n 3 H W, n s 3 H W
-    save_image(comparison_grid(truth, recon), out / "grid.png")
+    _write_grid(grid, out, samples)
     per_subject = {name: images.scores(n_way, device) for name, images in collected.items() if len(images)}
     counts = {name: len(collected[name]) for name in per_subject}
     metrics = summarise(per_subject)
@@ -288,6 +287,30 @@ def reconstruct(
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _pick_for_grid(grid: dict, batch: dict, recon: Tensor, subjects: list[str]) -> None:
+    """Keep the first :data:`GRID_PER_SUBJECT` samples of every subject for the grid, with the labels
+    the report shows under them: a grid of one subject's images says nothing about the others."""
+    for row, index in enumerate(batch["subject"].tolist()):
+        picked = grid.setdefault(index, [])
+        if len(picked) < GRID_PER_SUBJECT:
+            label = {
+                "key": batch["key"][row],
+                "subject": subjects[index],
+                "caption": batch["captions"][row][0],
+            }
+            picked.append((batch["image"][row], recon[row], label))
+
+
+def _write_grid(grid: dict, out: Path, samples: int) -> None:
+    """``grid.png`` (each seen image, then its reconstructions) and ``grid.json`` (which samples, in
+    that order, with their captions, so the report can label every tile)."""
+    entries = [entry for index in sorted(grid) for entry in grid[index]]
+    truth, recon = (torch.stack(x).float() / 255 for x in list(zip(*entries))[:2])  # n 3 H W, n s 3 H W
+    save_image(comparison_grid(truth, recon), out / "grid.png")
+    rows = [label for *_, label in entries]
+    (out / "grid.json").write_text(json.dumps({"samples": samples, "rows": rows}, indent=2))
 
 
 def format_metrics(metrics: dict) -> str:
