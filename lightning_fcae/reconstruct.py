@@ -26,7 +26,6 @@ unweighted mean over subjects: NSD's shared test images repeat across subjects, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -49,6 +48,7 @@ from .data.schema import DatasetError
 from .data.shards import sha256_file
 from .metrics.callbacks import comparison_grid, subject_scores
 from .models.ldm import vq_downsampling
+from .parsers import reconstruct_parser
 from .stages.diffusion import LDMFinetune
 
 if TYPE_CHECKING:
@@ -327,34 +327,9 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command's options (also what a pipeline plan's ``reconstruct:`` section may set)."""
-    parser = argparse.ArgumentParser(prog="lightning-fcae reconstruct", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", type=Path, required=True, help="LDMFinetune (stage 3) checkpoint")
-    parser.add_argument("--data", dest="data_dir", required=True, help="dataset directory or URL")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes)")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="DDIM steps (default: the model's sample_steps)"
-    )
-    parser.add_argument(
-        "--guidance", type=float, default=None, help="guidance scale (default: the model's guidance_scale)"
-    )
-    parser.add_argument("--samples", type=int, default=1, help="reconstructions per sample")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--subjects", nargs="+", default=None)
-    parser.add_argument("--clip-model", default=None, help="open_clip model for the CLIP scores")
-    parser.add_argument("--clip-pretrained", default=None, help="its weights: a local file or open_clip tag")
-    parser.add_argument("--n-way", type=int, default=50)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     """``lightning-fcae reconstruct --ckpt CKPT --data DIR --out DIR [...]``."""
-    args = build_parser().parse_args(argv)
+    args = reconstruct_parser().parse_args(argv)
     try:
         metrics = reconstruct(**vars(args))
     except (ReconstructionError, FileNotFoundError, DatasetError) as exc:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "profiles" / "tiny.yaml"
 
 
-def _run(argv: list[str]) -> int:
+def _run(argv: list[str] | None) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     return exit_info.value.code
@@ -128,11 +131,57 @@ def test_fit_setup_mistakes_are_one_error_line(toy_dataset, tmp_path, monkeypatc
         assert err.startswith(message) and "Traceback" not in err, err[-500:]
 
 
-def test_help_lists_the_extra_subcommands(capsys):
+def test_help_lists_the_extra_subcommands(capsys, monkeypatch):
     assert _run(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(f"  {name} " in out for name in ("data", "pipeline", "reconstruct", "report", "convert-ldm"))
-    assert "{fit,validate,test,predict}" in out  # LightningCLI's own help follows
+    assert "lightning-fcae fit --help" in out  # where LightningCLI's own help is
+    monkeypatch.setattr(sys, "argv", ["lightning-fcae", "fit", "--help"])  # as LightningCLI reads it
+    assert _run(None) == 0
+    assert "--trainer" in capsys.readouterr().out
+
+
+# a fresh interpreter, as the console script runs: did asking for help import torch?
+HELP_IMPORTS = """
+import contextlib, io, sys
+from lightning_fcae.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    try:
+        main(sys.argv[1:])
+    except SystemExit as done:
+        code = done.code
+print(code, "torch" in sys.modules, "lightning" in sys.modules, "usage" in out.getvalue() or "each with" in out.getvalue())
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "",
+        "pipeline",
+        "reconstruct",
+        "report",
+        "stand-ins",
+        "stand-ins check",
+        "convert-ldm",
+        "data",
+        "data inspect",
+    ],
+)
+def test_help_is_instant_it_imports_no_torch(command):
+    argv = [*command.split(), "--help"]
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS, *argv], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert done.stdout.split() == ["0", "False", "False", "True"], done.stdout + done.stderr
+
+
+def test_reconstruct_help_shows_the_defaults(capsys):
+    assert _run(["reconstruct", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for option, default in (("--split", "test"), ("--batch-size", "16"), ("--seed", "0"), ("--n-way", "50")):
+        assert re.search(rf"{option} \S+ .*?\(default: {default}\)", out), option
+    assert "reconstructions per sample (default: 1)" in out
 
 
 def test_wandb_is_offline_unless_logged_in_to_the_configured_server(tmp_path, monkeypatch):

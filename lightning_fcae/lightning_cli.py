@@ -1,0 +1,44 @@
+"""The LightningCLI subclass behind ``lightning fit`` and ``lightning-fcae fit``: apart from
+:mod:`lightning_fcae.cli` because importing it imports Lightning and torch (seconds of CPU), which the
+other commands' ``--help`` must not wait for."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+
+def default_precision() -> str:
+    """bf16-mixed where the GPU supports it, full fp32 on CPU (bf16 matmuls are slow there)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+class FCAECLI(LightningCLI):
+    """LightningCLI that feeds the DataModule's padded voxel count to the model."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_voxels", "model.init_args.num_voxels", apply_on="instantiate")
+        parser.set_defaults({"trainer.precision": default_precision()})
+
+    def before_fit(self) -> None:
+        """``fast_dev_run`` is a smoke test and must not write checkpoints, but Lightning 2.6's
+        ``ModelCheckpoint.on_train_end`` still saves ``last.ckpt`` after one: it would replace the
+        trained checkpoint that the next stage reads."""
+        if self.trainer.fast_dev_run:
+            for callback in self.trainer.checkpoint_callbacks:
+                callback.save_last = False
+
+    def before_predict(self) -> None:
+        """From the command line ``predict`` keeps nothing unless a callback writes the predictions:
+        say so before sampling a whole split for nothing."""
+        from lightning.pytorch.callbacks import BasePredictionWriter
+        from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
+            raise MisconfigurationException(
+                "`predict` from the command line writes nothing without a BasePredictionWriter callback "
+                "(--trainer.callbacks+=...); for stage-3 reconstructions use `lightning-fcae reconstruct`, "
+                "which writes PNGs, a grid and metrics"
+            )
