@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -33,7 +34,9 @@ from pathlib import Path
 
 import yaml
 
+from .data.schema import Manifest
 from .plan import PlanError, changed_keys, check_plan, deep_merge, load_yaml
+from .progress import Progress, clock, fit_work
 from .run_lock import die_with_parent, run_lock
 
 
@@ -133,6 +136,9 @@ def last_csv_values(path: Path) -> dict[str, float]:
     return values
 
 
+RIDGE_TASK = "ridge/seed0:ridge"
+
+
 class Pipeline:
     """Runs a plan (see ``experiments/demo.yaml``) for some methods and seeds into ``out``."""
 
@@ -145,8 +151,8 @@ class Pipeline:
         self.use_shipped = bool(plan.get("stand_ins")) and not train_stand_ins
         self.stand_ins = None  # the shipped stand-ins once verified in __call__; None: trained here
         self.overrides = plan.get("stages") or {}
-        self.started = time.monotonic()
-        self.step, self.total_steps = 0, 0
+        self.progress = Progress({})  # the planned work, once the methods and seeds are known
+        self.running: str | None = None  # the stage under way: what an interruption leaves half done
 
     # --- one stage --------------------------------------------------------------------------------
     def stage_config(self, stage: str, config_file: str, stage_dir: Path, seed: int, extra: dict) -> dict:
@@ -198,9 +204,9 @@ class Pipeline:
         :class:`PlanError`: skipping it would report stale results, re-running it would leave later
         stages stale. A finished stage whose export is missing runs again: resumed at its end, the fit
         only exports."""
-        self.step += 1
         done = stage_dir / f"done-{args[0]}.json"
-        label = f"[{self.step}/{self.total_steps} {self.elapsed()}] {stage_dir.relative_to(self.out)}"
+        task = f"{stage_dir.relative_to(self.out)}:{args[0]}"
+        label = f"{self.progress.line(task)} {stage_dir.relative_to(self.out)}"
         saved = stage_dir / config_name
         config = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))  # as it reads back from disk
         started = done.is_file() or (args[0] == "fit" and "--ckpt_path" in args)
@@ -215,6 +221,7 @@ class Pipeline:
         missing = [path for path in exports if not path.exists()]
         if done.is_file() and not missing:
             print(f"{label}: done already, skipped", flush=True)
+            self.progress.finish(task, None)
             return
         stage_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -223,7 +230,9 @@ class Pipeline:
         if self.dry_run:
             return
         start = time.monotonic()
+        self.running = str(stage_dir.relative_to(self.out))
         result = subprocess.run(command, preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads here)
+        self.running = None
         if result.returncode != 0:
             raise RuntimeError(f"{stage_dir}: `{' '.join(command)}` failed (exit {result.returncode})")
         missing = [str(path) for path in exports if not path.exists()]
@@ -231,11 +240,9 @@ class Pipeline:
             raise RuntimeError(
                 f"{stage_dir}: `{' '.join(command)}` finished without writing {', '.join(missing)}"
             )
-        done.write_text(json.dumps({"seconds": round(time.monotonic() - start, 1), "command": command}))
-
-    def elapsed(self) -> str:
-        minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
-        return f"{minutes}:{seconds:02d}"
+        seconds = time.monotonic() - start
+        done.write_text(json.dumps({"seconds": round(seconds, 1), "command": command}))
+        self.progress.finish(task, seconds)
 
     # --- shared stand-ins -------------------------------------------------------------------------
     def clip(self) -> tuple[str, str]:
@@ -289,7 +296,6 @@ class Pipeline:
     def ridge(self, clip: tuple[str, str]) -> None:
         """``OUT/ridge/seed0/summary.json``: per-subject ridge decoders from voxels, scored like the
         methods (:mod:`lightning_fcae.yardstick`); recomputed only when its settings change."""
-        self.step += 1
         root = self.out / "ridge" / "seed0"
         stage3 = deep_merge(
             load_yaml(self.configs / STAGE_CONFIGS["stage3"]), self.overrides.get("stage3", {})
@@ -297,20 +303,23 @@ class Pipeline:
         size = stage3["model"]["init_args"].get("image_size")
         n_way = int((self.plan.get("reconstruct") or {}).get("n_way", 50))
         settings = {"data_dir": self.data_dir, "clip": list(clip), "image_size": size, "n_way": n_way}
-        label = f"[{self.step}/{self.total_steps} {self.elapsed()}] ridge/seed0"
+        label = f"{self.progress.line(RIDGE_TASK)} ridge/seed0"
         path = root / "summary.json"
         if path.is_file() and json.loads(path.read_text()).get("settings") == settings:
             print(f"{label}: done already, skipped", flush=True)
+            self.progress.finish(RIDGE_TASK, None)
             return
         print(f"{label}: ridge yardstick (voxels -> CLIP embedding, voxels -> pixels)", flush=True)
         if self.dry_run:
             return
+        start = time.monotonic()
         from torchvision.utils import save_image
 
         from .data.datamodule import read_manifest
         from .models.clip import load_clip
         from .yardstick import ridge_yardstick
 
+        self.running = "ridge/seed0"
         size = size or read_manifest(self.data_dir).image_size
         result = ridge_yardstick(self.data_dir, load_clip(*clip), size, n_way)
         (root / "recon").mkdir(parents=True, exist_ok=True)
@@ -331,6 +340,8 @@ class Pipeline:
             "settings": settings,
         }
         path.write_text(json.dumps(summary, indent=2))
+        self.running = None
+        self.progress.finish(RIDGE_TASK, time.monotonic() - start)
 
     # --- one method x seed ------------------------------------------------------------------------
     def method(self, name: str, seed: int, clip: tuple[str, str], ldm: str) -> dict:
@@ -411,25 +422,58 @@ class Pipeline:
             from .stand_ins.shipped import load_stand_ins  # imports torch: only when a plan names them
 
             self.stand_ins = load_stand_ins(self.plan["stand_ins"], self.data_dir)
-        self.total_steps = self.count_steps(methods, seeds)
+        self.progress = Progress(self.planned_work(methods, seeds))
         with run_lock(self.out):
             clip = self.clip()
             self.ridge(clip)
             ldm = self.ldm(clip)
             summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
         done = "dry run: configs written, nothing run" if self.dry_run else "all stages done"
-        print(f"[pipeline {self.elapsed()}] {done}", flush=True)
+        print(f"[pipeline {clock(time.monotonic() - self.progress.started)}] {done}", flush=True)
         return summaries
 
-    def count_steps(self, methods: list[str], seeds: list[int]) -> int:
+    def planned_work(self, methods: list[str], seeds: list[int]) -> dict[str, float]:
+        """Every task this run will go through, in order, weighed by the samples it processes
+        (:mod:`lightning_fcae.progress`); all alike for data that is not on this machine (a URL)."""
         trains = self.stand_ins is None
-        shared = trains * (not self.plan.get("clip_pretrained")) + 2 * trains * (
-            not self.plan.get("pretrained_ldm")
-        )
-        per_seed = sum(
-            3 + (METHODS[m].image_phase is not None) + 2 * (METHODS[m].align is not None) for m in methods
-        )
-        return shared + 1 + per_seed * len(seeds)  # + 1: the ridge yardstick
+        tasks = []  # (task, what it is: a stage's name and config file for a fit)
+        if trains and not self.plan.get("clip_pretrained"):
+            tasks.append(("shared/clip_pretrain:fit", ("clip_pretrain", STAGE_CONFIGS["clip_pretrain"])))
+        tasks.append((RIDGE_TASK, "ridge"))
+        if trains and not self.plan.get("pretrained_ldm"):
+            tasks += [
+                (f"shared/ldm_{p}:fit", (f"ldm_{p}", STAGE_CONFIGS[f"ldm_{p}"])) for p in ("vq", "unet")
+            ]
+        for seed in seeds:
+            for name in methods:
+                method, root = METHODS[name], f"{name}/seed{seed}"
+                tasks.append((f"{root}/stage1:fit", ("stage1", method.stage1_config)))
+                if method.image_phase is not None:
+                    tasks.append((f"{root}/stage1_image:fit", ("stage1_image", method.image_phase)))
+                if method.align is not None:
+                    tasks += [(f"{root}/stage2:fit", ("stage2", STAGE_CONFIGS["stage2"]))]
+                    tasks += [(f"{root}/stage2:test", "test")]
+                tasks += [(f"{root}/stage3:fit", ("stage3", STAGE_CONFIGS["stage3"]))]
+                tasks += [(f"{root}/recon:reconstruct", "reconstruct")]
+        if "://" in self.data_dir:
+            return {task: 1.0 for task, _ in tasks}
+        samples = {name: split.samples for name, split in Manifest.load(self.data_dir).splits.items()}
+        return {task: self.task_work(kind, samples) for task, kind in tasks}
+
+    def task_work(self, kind: str | tuple[str, str], samples: dict[str, int]) -> float:
+        """The samples one task processes (see :meth:`planned_work`); ``kind`` is ``ridge``, ``test``,
+        ``reconstruct`` or, for a fit, its stage's name and config file."""
+        test = samples.get("test", 0)
+        if kind == "ridge":
+            return float(sum(samples.values()))
+        if kind == "test":
+            return float(test)
+        if kind == "reconstruct":
+            return float(test * int((self.plan.get("reconstruct") or {}).get("steps", 50)))
+        stage, config_file = kind
+        config = deep_merge(load_yaml(self.configs / config_file), self.overrides.get(stage, {}))
+        batch = (config.get("data") or {}).get("init_args", {}).get("batch_size", 32)
+        return fit_work(config.get("trainer") or {}, batch, samples.get("train", 0))
 
 
 def parameter_counts(root: Path) -> dict[str, int]:
@@ -456,6 +500,17 @@ def seed_value(text: str) -> int:
     return seed
 
 
+def interrupted(pipeline: Pipeline | None, argv: list[str]) -> str:
+    """The one line a Ctrl-C prints: what was saved and the command that resumes."""
+    command = shlex.join(["lightning-fcae", "pipeline", *argv])
+    if pipeline is None or pipeline.running is None:
+        return f"interrupted: finished stages are kept; rerun `{command}` to go on"
+    return (
+        f"interrupted during {pipeline.running}: the stages before it are kept, it resumes from what it "
+        f"last saved (a fit: its last epoch's checkpoint); rerun `{command}` to go on"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """``lightning-fcae pipeline --plan PLAN --out DIR [--methods ...] [--seeds ...]``."""
     parser = argparse.ArgumentParser(prog="lightning-fcae pipeline", description=__doc__.splitlines()[0])
@@ -473,16 +528,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-report", dest="report", action="store_false")
     args = parser.parse_args(argv)
+    pipeline = None
     try:
         plan = load_yaml(args.plan)
         if args.data:
             plan["data_dir"] = args.data
         if "data_dir" not in plan:
             raise PlanError(f"{args.plan}: no data_dir (or pass --data)")
-        Pipeline(plan, args.out, args.configs, args.dry_run, args.train_stand_ins)(args.methods, args.seeds)
+        pipeline = Pipeline(plan, args.out, args.configs, args.dry_run, args.train_stand_ins)
+        pipeline(args.methods, args.seeds)
     except (PlanError, RuntimeError, FileNotFoundError) as exc:  # StandInError is a FileNotFoundError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what is kept and how to go on, not a traceback
+        print(interrupted(pipeline, sys.argv[1:] if argv is None else argv), file=sys.stderr)
+        return 130
     if args.report and not args.dry_run:
         from .report import write_report
 

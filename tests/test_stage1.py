@@ -44,7 +44,9 @@ def test_cli_fast_dev_run(config, toy_dataset, tmp_path, monkeypatch):
     assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
     # a smoke test skips the linear probe (a pass over train and val whose figure would be discarded)
     assert any(isinstance(c, LinearProbe) for c in cli.trainer.callbacks)
-    assert "val/loss" in cli.trainer.callback_metrics and "probe/shape_acc" not in cli.trainer.callback_metrics
+    assert (
+        "val/loss" in cli.trainer.callback_metrics and "probe/shape_acc" not in cli.trainer.callback_metrics
+    )
 
 
 def test_a_rerun_replaces_the_checkpoint_the_next_stage_reads(toy_dataset, tmp_path, monkeypatch):
