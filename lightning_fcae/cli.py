@@ -41,9 +41,10 @@ def run_lightning_cli(args: list[str] | None = None) -> LightningCLI:
     import lightning as L
 
     from .data.datamodule import NSDDataModule
-    from .lightning_cli import FCAECLI
+    from .lightning_cli import FCAECLI, silence_known_noise
 
     default_wandb_mode()
+    silence_known_noise()
     return FCAECLI(
         L.LightningModule,
         NSDDataModule,

@@ -4,8 +4,32 @@ other commands' ``--help`` must not wait for."""
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
 from lightning.pytorch.cli import LightningCLI
+
+# Lightning's loggers for its rank-zero messages (lightning and lightning_fabric each set one)
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+
+
+class _DropTip(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" advertisement, printed on every stage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+def silence_known_noise() -> None:
+    """Quiet what every stage printed that no user can act on: Lightning's litlogger tip, and the
+    FutureWarning torch 2.9+ raises from Lightning's own ``isinstance(treespec, LeafSpec)`` (Lightning's
+    code, not ours: it goes once Lightning updates). What a user must read stays."""
+    for name in RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTip) for f in logger.filters):
+            logger.addFilter(_DropTip())
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 
 
 def default_precision() -> str:

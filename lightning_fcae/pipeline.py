@@ -102,7 +102,7 @@ def run_paths(config: dict, stage_dir: Path, run_name: str) -> dict:
             callback.setdefault("init_args", {})["dirpath"] = str(stage_dir / "checkpoints")
     trainer["logger"] = [
         {
-            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "class_path": "lightning_fcae.loggers.WandbLogger",
             "init_args": {"project": "lightning-fcae", "name": run_name, "save_dir": str(stage_dir)},
         },
         csv_logger(stage_dir, "fit"),

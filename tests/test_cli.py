@@ -197,3 +197,27 @@ def test_wandb_is_offline_unless_logged_in_to_the_configured_server(tmp_path, mo
             monkeypatch.setenv("WANDB_BASE_URL", base_url)
         default_wandb_mode()
         assert os.environ.get("WANDB_MODE") == mode, base_url
+
+
+def test_what_every_stage_printed_for_nothing_is_silenced(caplog):
+    """Lightning's litlogger tip and LeafSpec FutureWarning, and wandb's 'anonymous setting has no
+    effect' (answering the anonymous=None Lightning's WandbLogger always passes) are gone; other
+    rank-zero messages stay."""
+    import logging
+    import warnings
+
+    from lightning_fcae.lightning_cli import RANK_ZERO_LOGGERS, silence_known_noise
+    from lightning_fcae.loggers import WandbLogger
+
+    silence_known_noise()
+    with caplog.at_level(logging.INFO):
+        for name in RANK_ZERO_LOGGERS:
+            logging.getLogger(name).info("💡 Tip: For seamless cloud logging ... litlogger")
+            logging.getLogger(name).info("GPU available: False")
+    assert "litlogger" not in caplog.text and caplog.text.count("GPU available") == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        silence_known_noise()  # catch_warnings reset the filters
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+    assert not caught
+    assert "anonymous" not in WandbLogger(project="p", offline=True)._wandb_init
