@@ -22,7 +22,7 @@ from torch import nn
 from ..metrics.identification import NWayIdentification
 from ..models.align import FMRIAligner, token_cosine_loss
 from .optim import adamw_warmup_cosine
-from .pretrain import build_stage1, load_pretrained, stage1_hparams
+from .pretrain import STAGE1_WRITER, build_stage1, load_pretrained, require_checkpoint, stage1_hparams
 from .seeding import RankSeededModule
 
 CLIP_KEYS = ("clip_image_tokens", "clip_image_embed", "clip_text_embed")
@@ -78,6 +78,7 @@ class FCAEAlign(RankSeededModule):
         if stage1 is not None:  # restoring a stage-2 checkpoint: weights come with its state_dict
             model = build_stage1(stage1)
         elif encoder_ckpt is not None:
+            require_checkpoint(encoder_ckpt, "encoder_ckpt", STAGE1_WRITER)
             stage1, model = stage1_hparams(encoder_ckpt), load_pretrained(encoder_ckpt)
         else:
             stage1 = {"kind": encoder_kind, "num_voxels": num_voxels, "size": encoder_size}

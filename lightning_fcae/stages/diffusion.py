@@ -37,7 +37,7 @@ from ..models.sizes import model_size
 from ..models.vit import FMRIEncoder
 from ..sampling import sample_images
 from .optim import adamw_warmup_cosine
-from .pretrain import ModelSize, load_pretrained
+from .pretrain import STAGE2_WRITER, ModelSize, load_pretrained, require_checkpoint
 from .seeding import RankSeededModule
 
 
@@ -164,6 +164,7 @@ class LDMFinetune(RankSeededModule):
         if pinned:
             clip_tokens, clip_dim = ldm.condition.config.clip_tokens, ldm.condition.config.clip_dim
         if encoder_ckpt:
+            require_checkpoint(encoder_ckpt, "encoder_ckpt", STAGE2_WRITER)
             self.aligner = load_fmri_aligner(encoder_ckpt, clip_tokens, clip_dim, embed_rank, pinned)
         else:
             encoder = FMRIEncoder(num_voxels, model_size(encoder_size)[0])

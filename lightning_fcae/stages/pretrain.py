@@ -7,6 +7,7 @@ and logging. Their checkpoints are what stage 2 loads through its ``encoder_ckpt
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -223,6 +224,7 @@ class DCMAEPretrain(MaskedPretrain):
         if image_guided and not 0.0 < image_mask_ratio < 1.0:
             raise ValueError(f"image_mask_ratio must be in (0, 1), got {image_mask_ratio}")
         if init_ckpt is not None:
+            require_checkpoint(init_ckpt, "init_ckpt", DCMAE_PHASE1_WRITER)
             source = stage1_hparams(init_ckpt)
             if source["kind"] not in ("mae", "dcmae") or source["num_voxels"] != num_voxels:
                 raise ValueError(
@@ -314,6 +316,31 @@ class DCMAEPretrain(MaskedPretrain):
 
 
 STAGE1 = {"fcae": FCAEPretrain, "mae": MAEPretrain, "dcmae": DCMAEPretrain}
+
+
+def require_checkpoint(path: str, argument: str, written_by: str) -> None:
+    """An earlier stage's checkpoint that is not there is a step left out, not a torch.load traceback:
+    say which stage writes it and with what command (``written_by``)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{argument} {path} does not exist: run {written_by} first, or point {argument} at the "
+            "checkpoint you trained (lightning-fcae pipeline chains every stage for you)"
+        )
+
+
+# what writes each stage's checkpoint by default (the paths the next stage's config reads)
+STAGE1_WRITER = (
+    "stage 1 (`lightning fit --config configs/stage1_fcae.yaml` writes checkpoints/stage1_fcae/last.ckpt; "
+    "stage1_mae.yaml / stage1_dcmae.yaml write checkpoints/stage1_mae|stage1_dcmae/last.ckpt)"
+)
+STAGE2_WRITER = (
+    "stage 2 (`lightning fit --config configs/stage2_align.yaml` writes checkpoints/stage2_align/last.ckpt, "
+    "after stage 1)"
+)
+DCMAE_PHASE1_WRITER = (
+    "vis-dec's phase 1 (`lightning fit --config configs/stage1_dcmae.yaml` writes "
+    "checkpoints/stage1_dcmae/last.ckpt)"
+)
 
 
 def stage1_hparams(path: str) -> dict:
