@@ -113,7 +113,10 @@ def _data_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="print the manifest and counts, write a sample grid PNG")
     inspect.add_argument("path", type=Path)
-    inspect.add_argument("--grid", type=Path, default=None, help="PNG path (default PATH/inspect.png)")
+    inspect.add_argument(
+        "--out", "--grid", dest="grid", type=Path, default=Path("inspect.png"),
+        help="the sample grid's PNG (default: inspect.png in the working directory, never the dataset's)",
+    )  # fmt: skip
     inspect.add_argument("--verify", action="store_true", help="also sha256-check every shard")
 
     nsd = sub.add_parser("nsd", help="convert an NSD release into shards")

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from lightning_fcae.cli import main
 from lightning_fcae.data.check import check_dataset
-from lightning_fcae.data.inspect import inspect_dataset
+from lightning_fcae.data.inspect import CAPTION_LINES, TILE, inspect_dataset
 from lightning_fcae.data.schema import Manifest, ShardIntegrityError
 
 from .conftest import write_toy_dataset
@@ -29,16 +31,27 @@ def _run(argv: list[str] | None) -> int:
     return exit_info.value.code
 
 
-def test_synth_inspect_check(tmp_path, capsys):
+def test_synth_inspect_check(tmp_path, capsys, monkeypatch):
     out = tmp_path / "tiny"
     assert _run(["data", "synth", "--profile", "tiny", "--out", str(out), "--seed", "3"]) == 0
     assert "train 346, val 38, test 96" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["source"]["seed"] == 3
 
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(p.name for p in out.iterdir())
     assert _run(["data", "inspect", str(out), "--verify"]) == 0
     printed = capsys.readouterr().out
     assert "subj01 (491 voxels)" in printed and "every shard matches its sha256" in printed
-    assert (out / "inspect.png").stat().st_size > 0
+    # the grid goes to the working directory, never into the dataset (it may be read-only or shared)
+    assert sorted(p.name for p in out.iterdir()) == before and "grid: inspect.png" in printed
+    with Image.open(work / "inspect.png") as grid:  # 16 samples: 4 x 4 tiles, captions under them
+        assert grid.size == (4 * (TILE + 8), 4 * (TILE + 8 + CAPTION_LINES * 12))
+        under = np.asarray(grid.convert("L"))[4 + TILE + 2 : TILE + 8 + CAPTION_LINES * 12, 4 : 4 + TILE]
+        assert (under < 128).any(), "no caption text under the first image"
+    assert _run(["data", "inspect", str(out), "--out", str(tmp_path / "elsewhere" / "grid.png")]) == 0
+    assert (tmp_path / "elsewhere" / "grid.png").is_file()
 
     assert _run(["data", "check", str(out), "--n-way", "10"]) == 0
     assert "PixCorr" in capsys.readouterr().out
