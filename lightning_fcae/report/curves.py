@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot state, no display
+from matplotlib.ticker import MaxNLocator
 
 
 def training_losses(stage_dir: Path) -> dict[str, tuple[list[float], list[float]]]:
@@ -46,7 +47,8 @@ def _loss_series(path: Path) -> dict[str, tuple[list[float], list[float]]]:
 def plot_curves(stage_dir: str | Path, out_png: str | Path, title: str | None = None) -> bool:
     """Plot one stage's loss curves into ``out_png``: training (``train/*``) and validation (``val/*``)
     side by side against the training step, on the same y range so the two read together; log y when
-    every value is positive, since losses fall over orders of magnitude. ``title`` names the run and
+    every value is positive and they span a decade or more (losses can fall over orders of magnitude;
+    a narrower range reads better on a linear axis). ``title`` names the run and
     stage (default: the stage folder's name). False, and no file, when the stage has no metrics.csv
     with a training loss."""
     series = training_losses(Path(stage_dir))
@@ -57,10 +59,11 @@ def plot_curves(stage_dir: str | Path, out_png: str | Path, title: str | None = 
         panels["validation" if name.startswith("val") else "training"][name] = curve
     panels = {kind: curves for kind, curves in panels.items() if curves}
     figure = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
-    log_y = all(v > 0 for _, values in series.values() for v in values)
+    values = [v for _, curve in series.values() for v in curve]
+    log_y = min(values) > 0 and max(values) >= 10 * min(values)
     first = None
     for column, (kind, curves) in enumerate(panels.items(), start=1):
-        axes = figure.add_subplot(1, len(panels), column, sharey=first)
+        axes = figure.add_subplot(1, len(panels), column, sharex=first, sharey=first)
         first = first or axes
         for name, (steps, values) in curves.items():
             axes.plot(steps, values, marker="o" if kind == "validation" else None, markersize=4, label=name)
@@ -70,6 +73,7 @@ def plot_curves(stage_dir: str | Path, out_png: str | Path, title: str | None = 
         axes.set_xlabel("training step", fontsize=10)
         axes.set_ylabel("loss" + (" (log scale)" if log_y else ""), fontsize=10)
         axes.tick_params(labelsize=9)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         axes.grid(True, which="major", alpha=0.3)
         axes.legend(fontsize=9)
     figure.suptitle(title or Path(stage_dir).name, fontsize=12)

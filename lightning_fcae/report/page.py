@@ -132,8 +132,10 @@ def _grid_html(run_dir: Path, recon_dir: Path) -> str:
                 _tile(run_dir, images / f"{row['key']}_{i}.png", f"sample {i + 1}") for i in range(samples)
             ]
             body += "<tr>" + _target(run_dir, recon_dir, row) + "".join(tiles) + "</tr>"
-        out.append(f"<h4>reconstructions, {_e(subject)}</h4><table class='grid'>{head}{body}</table>")
-    return "\n".join(out)
+        out.append(
+            f"<div><h4>reconstructions, {_e(subject)}</h4><table class='grid'>{head}{body}</table></div>"
+        )
+    return "<div class='grids'>" + "\n".join(out) + "</div>"  # subjects side by side where they fit
 
 
 def _side_by_side_html(run_dir: Path, summaries: list[dict]) -> str:
@@ -221,7 +223,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #bbb; padding: 2px 8px; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 .note { color: #555; font-size: small; margin: 0.2em 0; }
-.curves { display: flex; flex-wrap: wrap; gap: 8px; }
+.curves, .grids { display: flex; flex-wrap: wrap; gap: 8px 24px; }
 img.grid { width: 100%; max-width: 1100px; image-rendering: pixelated; }
 img.tile { width: 160px; height: 160px; image-rendering: pixelated; display: block; }
 table.grid td, table.grid th { border: none; padding: 2px; text-align: center; vertical-align: top; }
