@@ -434,7 +434,7 @@ class Pipeline:
 
     def planned_work(self, methods: list[str], seeds: list[int]) -> dict[str, float]:
         """Every task this run will go through, in order, weighed by the samples it processes
-        (:mod:`lightning_fcae.progress`); all alike for data that is not on this machine (a URL)."""
+        (:mod:`lightning_fcae.progress`)."""
         trains = self.stand_ins is None
         tasks = []  # (task, what it is: a stage's name and config file for a fit)
         if trains and not self.plan.get("clip_pretrained"):
@@ -455,6 +455,16 @@ class Pipeline:
                     tasks += [(f"{root}/stage2:test", "test")]
                 tasks += [(f"{root}/stage3:fit", ("stage3", STAGE_CONFIGS["stage3"]))]
                 tasks += [(f"{root}/recon:reconstruct", "reconstruct")]
+        return self.weigh(tasks)
+
+    def stand_in_work(self) -> dict[str, float]:
+        """The tasks of ``lightning-fcae stand-ins train`` (every stand-in and the checks' judge), weighed."""
+        stages = ("clip_pretrain", "ldm_vq", "ldm_unet", "classifier")
+        return self.weigh([(f"shared/{stage}:fit", (stage, STAGE_CONFIGS[stage])) for stage in stages])
+
+    def weigh(self, tasks: list[tuple[str, str | tuple[str, str]]]) -> dict[str, float]:
+        """``{task: the samples it processes}`` in the tasks' order; all alike for data that is not on
+        this machine (a URL)."""
         if "://" in self.data_dir:
             return {task: 1.0 for task, _ in tasks}
         samples = {name: split.samples for name, split in Manifest.load(self.data_dir).splits.items()}
