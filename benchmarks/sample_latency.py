@@ -4,7 +4,7 @@
     python benchmarks/sample_latency.py --steps 50 250 --batch 1 4
     python benchmarks/sample_latency.py                      # GPU: cin256-f4, batch 1 16 32, 50 and 250 steps
 
-Times ``LDMFinetune.reconstruct`` end to end (fMRI encoder, conditioner, ``steps`` guided UNet calls on
+Times ``LDMFinetune.sample`` end to end (fMRI encoder, conditioner, ``steps`` guided UNet calls on
 a batch of 2b, VQ decode) with random weights: the speed does not depend on their values. The fMRI
 encoder runs once per batch, not per step, so its size (``--encoder-size``) hardly matters.
 ``lightning-fcae reconstruct`` samples a whole data batch (``--batch-size``) per call, one seed per test
@@ -40,13 +40,13 @@ def measure(
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", torch.bfloat16) if cuda else contextlib.nullcontext()
     with autocast:
-        model.reconstruct(fmri, steps=2, guidance=guidance)  # warm-up
+        model.sample(fmri, steps=2, guidance=guidance)  # warm-up
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         for seed in range(repeats):
-            images = model.reconstruct(fmri, steps=steps, guidance=guidance, seed=seed)  # b 1 3 H W
+            images = model.sample(fmri, steps=steps, guidance=guidance, seed=seed)  # b 1 3 H W
         if cuda:
             torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / repeats

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from .parsers import convert_ldm_parser, reconstruct_parser
+from .parsers import convert_ldm_parser, reconstruct_parser, upgrade_checkpoint_parser
 
 if TYPE_CHECKING:
     from lightning.pytorch.cli import LightningCLI
@@ -105,6 +105,12 @@ def _data_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true")
+    synth.add_argument(
+        "--train-images", type=int, default=None, help="per subject, val included (default: the profile's)"
+    )
+    synth.add_argument(
+        "--test-images", type=int, default=None, help="shared by all subjects (default: the profile's)"
+    )
 
     check = sub.add_parser("check", help="ridge-decoder sanity check: is there signal, is it not trivial?")
     check.add_argument("path", type=Path)
@@ -137,7 +143,14 @@ def data_main(argv: list[str]) -> int:
     if args.command == "synth":
         from .data.synthetic import generate
 
-        manifest = generate(args.profile, args.out, seed=args.seed, overwrite=args.overwrite)
+        manifest = generate(
+            args.profile,
+            args.out,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            train_images=args.train_images,
+            test_images=args.test_images,
+        )
         print(f"wrote {manifest.name} to {args.out}: " + _counts(manifest))
     elif args.command == "check":
         from .data.check import check_dataset, format_check_report
@@ -175,12 +188,17 @@ EXTRA_COMMANDS = """lightning-fcae: LightningCLI's fit / validate / test / predi
   reconstruct --ckpt CKPT ...      stage-3 test-set reconstructions, grid and metrics
   report RUN_DIR                   report.html and Tables 2 / 3 of a pipeline run
   convert-ldm CKPT --config YAML   a CompVis LDM checkpoint -> a diffusers directory
+  upgrade-checkpoint CKPT ...      add the model record to checkpoints written before 2026-12-02
   stand-ins train|check|verify     the synthetic benchmark's shipped CLIP / LDM stand-ins
 each with its own --help.
 """
 # commands whose modules import torch: their options are parsed first, so --help and a usage error
 # answer before seconds of imports
-EARLY_PARSERS = {"reconstruct": reconstruct_parser, "convert-ldm": convert_ldm_parser}
+EARLY_PARSERS = {
+    "reconstruct": reconstruct_parser,
+    "convert-ldm": convert_ldm_parser,
+    "upgrade-checkpoint": upgrade_checkpoint_parser,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         from .models.ldm_convert import main as convert_ldm
 
         sys.exit(convert_ldm(argv[1:]))
+    if argv[0] == "upgrade-checkpoint":
+        from .stages.upgrade import main as upgrade_checkpoint
+
+        sys.exit(upgrade_checkpoint(argv[1:]))
     if argv[0] == "pipeline":
         from .pipeline import main as pipeline
 

@@ -1,6 +1,6 @@
-"""Argument parsers of the commands whose modules import torch (``reconstruct``, ``convert-ldm``), kept
-apart so that ``--help`` and a mistyped option answer at once: :func:`lightning_fcae.cli.main` parses
-with them before importing the command."""
+"""Argument parsers of the commands whose modules import torch (``reconstruct``, ``convert-ldm``,
+``upgrade-checkpoint``), kept apart so that ``--help`` and a mistyped option answer at once:
+:func:`lightning_fcae.cli.main` parses with them before importing the command."""
 
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ def reconstruct_parser() -> argparse.ArgumentParser:
         description="Stage-3 evaluation: reconstruct a split's images from fMRI, save them as PNGs and "
         "score them.",
     )
-    parser.add_argument("--ckpt", type=Path, required=True, help="LDMFinetune (stage 3) checkpoint")
+    parser.add_argument(
+        "--ckpt",
+        type=Path,
+        required=True,
+        help="LDMFinetune (stage 3) checkpoint, or a run folder holding one",
+    )
     parser.add_argument("--data", dest="data_dir", required=True, help="dataset directory or URL")
     parser.add_argument("--split", default="test", help="the split to reconstruct (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes)")
@@ -45,6 +50,9 @@ def reconstruct_parser() -> argparse.ArgumentParser:
         "--n-way", type=int, default=50, help="N of the N-way CLIP identification (default: %(default)s)"
     )
     parser.add_argument("--device", default=None, help="torch device (default: CUDA when available)")
+    parser.add_argument(
+        "--ldm", type=Path, default=None, help="the frozen LDM's folder, if it moved since stage 3 trained"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
@@ -61,4 +69,16 @@ def convert_ldm_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extract-ema", action="store_true", help="use the EMA UNet weights")
     parser.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickled objects")
     parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def upgrade_checkpoint_parser() -> argparse.ArgumentParser:
+    """``lightning-fcae upgrade-checkpoint``'s options."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-fcae upgrade-checkpoint",
+        description="Add the models record to checkpoints written before checkpoints recorded their models.",
+    )
+    parser.add_argument(
+        "checkpoints", nargs="+", type=Path, help="checkpoints to upgrade in place (a run's stages in order)"
+    )
     return parser

@@ -73,6 +73,17 @@ METHODS: dict[str, Method] = {
         "MAE, F+I", "stage1_mae.yaml", "MAE", {"use_image": True, "use_text": False}, tables=("table3",)
     ),
 }
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One ``lightning fit`` of a run: which stage, from which config file, into which folder."""
+
+    stage: str
+    config_file: str
+    stage_dir: Path
+
+
 TABLE2_METHODS = ("fcae", "mindvis", "visdec")
 TABLE3_METHODS = ("fcae", "fcae_F", "fcae_FI", "fcae_FT", "mindvis", "mae_FI")
 STAGE_CONFIGS = {
@@ -84,6 +95,14 @@ STAGE_CONFIGS = {
     "classifier": "classifier_pretrain.yaml",
 }
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes after config.json
+
+
+def chosen_methods(methods: list[str]) -> list[str]:
+    """``methods`` once each, in order; an unknown one is a :class:`PlanError`."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise PlanError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(methods))
 
 
 def modalities(method: Method) -> str:
@@ -408,10 +427,7 @@ class Pipeline:
 
     # --- everything -------------------------------------------------------------------------------
     def __call__(self, methods: list[str], seeds: list[int]) -> list[dict]:
-        methods, seeds = list(dict.fromkeys(methods)), list(dict.fromkeys(seeds))  # each runs once
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise PlanError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        methods, seeds = chosen_methods(methods), list(dict.fromkeys(seeds))  # each runs once
         if not (Path(self.data_dir) / "manifest.json").is_file() and "://" not in self.data_dir:
             raise PlanError(
                 f"no dataset at {self.data_dir}: create the synthetic benchmark with `lightning-fcae data "
@@ -422,39 +438,62 @@ class Pipeline:
             from .stand_ins.shipped import load_stand_ins  # imports torch: only when a plan names them
 
             self.stand_ins = load_stand_ins(self.plan["stand_ins"], self.data_dir)
+        if not self.dry_run:  # weights, shapes, devices, disk: in seconds, not after hours of stage 1
+            from .preflight import PreflightError, preflight
+
+            findings = preflight(self, methods, seeds)
+            if findings.problems:
+                raise PreflightError(findings.problems)
         self.progress = Progress(self.planned_work(methods, seeds))
         with run_lock(self.out):
             clip = self.clip()
             self.ridge(clip)
             ldm = self.ldm(clip)
             summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
-        done = "dry run: configs written, nothing run" if self.dry_run else "all stages done"
+        done = (
+            "dry run: configs written, nothing run or checked (--check)"
+            if self.dry_run
+            else "all stages done"
+        )
         print(f"[pipeline {clock(time.monotonic() - self.progress.started)}] {done}", flush=True)
         return summaries
 
-    def planned_work(self, methods: list[str], seeds: list[int]) -> dict[str, float]:
-        """Every task this run will go through, in order, weighed by the samples it processes
-        (:mod:`lightning_fcae.progress`)."""
-        trains = self.stand_ins is None
-        tasks = []  # (task, what it is: a stage's name and config file for a fit)
-        if trains and not self.plan.get("clip_pretrained"):
-            tasks.append(("shared/clip_pretrain:fit", ("clip_pretrain", STAGE_CONFIGS["clip_pretrain"])))
-        tasks.append((RIDGE_TASK, "ridge"))
-        if trains and not self.plan.get("pretrained_ldm"):
-            tasks += [
-                (f"shared/ldm_{p}:fit", (f"ldm_{p}", STAGE_CONFIGS[f"ldm_{p}"])) for p in ("vq", "unet")
-            ]
-        for seed in seeds:
-            for name in methods:
-                method, root = METHODS[name], f"{name}/seed{seed}"
-                tasks.append((f"{root}/stage1:fit", ("stage1", method.stage1_config)))
+    def fits(self, methods: list[str], seeds: list[int]) -> list[Fit]:
+        """Every ``lightning fit`` the run makes, in order (the stand-ins it trains first): what the
+        preflight checks. Mirrors :meth:`clip`, :meth:`ldm` and :meth:`method`."""
+        shared, fits = self.out / "shared", []
+        if not self.use_shipped:
+            if not self.plan.get("clip_pretrained"):
+                fits.append(Fit("clip_pretrain", STAGE_CONFIGS["clip_pretrain"], shared / "clip_pretrain"))
+            if not self.plan.get("pretrained_ldm"):
+                fits += [
+                    Fit(f"ldm_{p}", STAGE_CONFIGS[f"ldm_{p}"], shared / f"ldm_{p}") for p in ("vq", "unet")
+                ]
+        for seed in dict.fromkeys(seeds):
+            for name in chosen_methods(methods):
+                method, root = METHODS[name], self.out / name / f"seed{seed}"
+                fits.append(Fit("stage1", method.stage1_config, root / "stage1"))
                 if method.image_phase is not None:
-                    tasks.append((f"{root}/stage1_image:fit", ("stage1_image", method.image_phase)))
+                    fits.append(Fit("stage1_image", method.image_phase, root / "stage1_image"))
                 if method.align is not None:
-                    tasks += [(f"{root}/stage2:fit", ("stage2", STAGE_CONFIGS["stage2"]))]
-                    tasks += [(f"{root}/stage2:test", "test")]
-                tasks += [(f"{root}/stage3:fit", ("stage3", STAGE_CONFIGS["stage3"]))]
-                tasks += [(f"{root}/recon:reconstruct", "reconstruct")]
+                    fits.append(Fit("stage2", STAGE_CONFIGS["stage2"], root / "stage2"))
+                fits.append(Fit("stage3", STAGE_CONFIGS["stage3"], root / "stage3"))
+        return fits
+
+    def planned_work(self, methods: list[str], seeds: list[int]) -> dict[str, float]:
+        """Every task this run will go through, in order: its fits (:meth:`fits`), the ridge yardstick
+        once the CLIP it uses is there, each stage 2's test and each reconstruction; weighed by the
+        samples each processes (:mod:`lightning_fcae.progress`)."""
+        tasks: list[tuple[str, str | tuple[str, str]]] = []
+        for fit in self.fits(methods, seeds):
+            root = fit.stage_dir.relative_to(self.out)
+            tasks.append((f"{root}:fit", (fit.stage, fit.config_file)))
+            if fit.stage == "stage2":
+                tasks.append((f"{root}:test", "test"))
+            if fit.stage == "stage3":
+                tasks.append((f"{root.parent}/recon:reconstruct", "reconstruct"))
+        first = 1 if tasks and tasks[0][0] == "shared/clip_pretrain:fit" else 0
+        tasks.insert(first, (RIDGE_TASK, "ridge"))
         return self.weigh(tasks)
 
     def stand_in_work(self) -> dict[str, float]:
@@ -488,17 +527,24 @@ class Pipeline:
 
 def parameter_counts(root: Path) -> dict[str, int]:
     """fMRI side (stage-1 encoder + regressor: the paper's Table 3 count) and, with stage 3, the whole
-    reconstruction model (fMRI encoder + token map, condition encoder, UNet, VQ: its Table 2 count)."""
-    import torch
+    reconstruction model (fMRI encoder + token map, condition encoder, UNet, VQ: its Table 2 count),
+    rebuilt from the checkpoints' model records (a stage-3 checkpoint leaves the frozen LDM to its folder)."""
+    from .models.factory import load_model
+    from .reconstruction_pipeline import FMRIReconstructionPipeline
 
-    def count(path: Path, prefixes: tuple[str, ...]) -> int:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
-        return sum(v.numel() for k, v in state.items() if k.startswith(prefixes) and v.is_floating_point())
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
 
-    counts = {"fmri": count(root / "stage1/checkpoints/last.ckpt", ("model.encoder.", "model.regressor."))}
+    stage1 = load_model(root / "stage1/checkpoints/last.ckpt", "model")
+    counts = {
+        "fmri": count(stage1.encoder) + (count(stage1.regressor) if hasattr(stage1, "regressor") else 0)
+    }
     stage3 = root / "stage3/checkpoints/last.ckpt"
     if stage3.is_file():
-        counts["total"] = count(stage3, ("aligner.", "conditioner.", "unet.", "vq."))
+        pipe = FMRIReconstructionPipeline.from_checkpoint(stage3)
+        counts["total"] = sum(
+            count(part) for part in (pipe.fmri_encoder, pipe.condition, pipe.unet, pipe.vqvae)
+        )
     return counts
 
 
@@ -521,6 +567,21 @@ def interrupted(pipeline: Pipeline | None, argv: list[str]) -> str:
     )
 
 
+def check(pipeline: Pipeline, methods: list[str], seeds: list[int]) -> int:
+    """``pipeline --check``: the preflight's problems, one a line (exit 2), or what it verified (exit 0)."""
+    from .preflight import preflight
+
+    started = time.monotonic()
+    findings = preflight(pipeline, methods, seeds)
+    if findings.problems:
+        print("\n".join(f"problem: {line}" for line in findings.problems), file=sys.stderr)
+        print(f"preflight: {len(findings.problems)} problem(s)", file=sys.stderr)
+        return 2
+    print("\n".join(f"ok: {line}" for line in findings.verified))
+    print(f"preflight OK ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``lightning-fcae pipeline --plan PLAN --out DIR [--methods ...] [--seeds ...]``."""
     parser = argparse.ArgumentParser(prog="lightning-fcae pipeline", description=__doc__.splitlines()[0])
@@ -531,6 +592,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="dataset directory (default: the plan's data_dir)")
     parser.add_argument("--configs", type=Path, default=Path("configs"), help="the stage configs' folder")
     parser.add_argument("--dry-run", action="store_true", help="write the configs, print the commands")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only the preflight (every real run makes it first): data, weights, shapes, devices, disk; "
+        "one line per problem, exit 2 if any",
+    )
     parser.add_argument(
         "--train-stand-ins",
         action="store_true",
@@ -546,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         if "data_dir" not in plan:
             raise PlanError(f"{args.plan}: no data_dir (or pass --data)")
         pipeline = Pipeline(plan, args.out, args.configs, args.dry_run, args.train_stand_ins)
+        if args.check:
+            return check(pipeline, args.methods, args.seeds)
         pipeline(args.methods, args.seeds)
     except (PlanError, RuntimeError, FileNotFoundError) as exc:  # StandInError is a FileNotFoundError
         print(f"error: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@
     OUT/settings.json         what generated the PNGs: a resumed run must use the same
 
 Runs resume: a sample whose PNGs all exist is not sampled again, its PNGs are read back. The samples of
-a data batch still to do are sampled together, in one ``LDMFinetune.reconstruct`` call (a UNet batch of
+a data batch still to do are sampled together, in one ``FMRIReconstructionPipeline`` call (a UNet batch of
 ``2 x samples x`` their number), but each sample's noise comes from its own generator, seeded
 ``seed + crc32(key)``, so its images do not depend on what else is in the batch: a resumed run writes
 the images an uninterrupted one would. Same noise, that is: kernels whose order of operations changes
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_png, encode_png, read_file
 from torchvision.utils import save_image
@@ -47,9 +46,9 @@ from .data.datamodule import NSDDataModule
 from .data.schema import DatasetError
 from .data.shards import sha256_file
 from .metrics.callbacks import comparison_grid, subject_scores
-from .models.ldm import vq_downsampling
+from .models.factory import CheckpointFormatError
 from .parsers import reconstruct_parser
-from .stages.diffusion import LDMFinetune
+from .reconstruction_pipeline import FMRIReconstructionPipeline
 
 if TYPE_CHECKING:
     from .models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
@@ -71,26 +70,12 @@ class ReconstructionError(ValueError):
     """A run cannot start: not a stage-3 checkpoint, or an output folder made with other settings."""
 
 
-def load_finetune(ckpt: str | Path) -> LDMFinetune:
-    """The :class:`LDMFinetune` of a Lightning checkpoint, on CPU; clear errors for any other file."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:  # mmap: looking inside costs no read of the weights
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a non-checkpoint
-        raise ReconstructionError(
-            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
-    if not any(name.startswith("conditioner.") for name in state):
-        raise ReconstructionError(f"{path} is not an LDMFinetune (stage 3) checkpoint: no fMRI conditioner")
-    if not any(name.startswith("aligner.") for name in state):
-        raise ReconstructionError(
-            f"{path} is a stage-3 checkpoint of lightning-fcae before 2026-12 (fMRI tokens mapped straight to "
-            "the UNet, no CLIP token map): it cannot be converted; re-run stage 3 with the current code"
-        )
-    return LDMFinetune.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+def load_pipeline(ckpt: str | Path, ldm: str | Path | None = None) -> FMRIReconstructionPipeline:
+    """The reconstruction pipeline of a stage-3 checkpoint (or run folder), on CPU; one-line errors."""
+    try:
+        return FMRIReconstructionPipeline.from_pretrained(ckpt, ldm=ldm)
+    except CheckpointFormatError as exc:
+        raise ReconstructionError(str(exc)) from exc
 
 
 def sample_seed(seed: int, key: str) -> int:
@@ -116,7 +101,13 @@ def read_png(path: Path) -> Tensor:
 
 
 def _reconstruct_batch(
-    model: LDMFinetune, batch: dict, out: Path, steps: int, guidance: float, samples: int, seed: int
+    pipe: FMRIReconstructionPipeline,
+    batch: dict,
+    out: Path,
+    steps: int,
+    guidance: float,
+    samples: int,
+    seed: int,
 ) -> Tensor:
     """``[b, samples, 3, H, W]`` uint8 reconstructions of a batch: read back for a key whose PNGs all
     exist; the others sampled in one call, each with its key's own seed, and written (with the truth
@@ -133,11 +124,12 @@ def _reconstruct_batch(
             recon.append(None)
             todo.append(i)
     if todo:
-        voxels = model.hparams.num_voxels
-        fmri = batch["fmri"][todo]
-        fmri = F.pad(fmri, (0, voxels - fmri.shape[1])).to(model.device)  # n V: zero padding, as in training
-        seeds = [sample_seed(seed, batch["key"][i]) for i in todo]
-        images = to_uint8(model.reconstruct(fmri, steps, guidance, samples, seeds).cpu())  # n s 3 H W
+        generators = [
+            torch.Generator(pipe.device).manual_seed(sample_seed(seed, batch["key"][i])) for i in todo
+        ]
+        # z-scored by the DataModule; the pipeline zero-pads to the encoder's length, as in training
+        sampled = pipe(batch["fmri"][todo], None, steps, guidance, samples, generators, output_type="pt")
+        images = to_uint8(sampled.cpu())  # n s 3 H W
         for i, row in zip(todo, images):
             recon[i] = row
             for j, image in enumerate(row):
@@ -203,7 +195,7 @@ def summarise(per_subject: dict[str, dict]) -> dict:
     return summary
 
 
-def reconstruct(
+def reconstruct_split(
     ckpt: str | Path,
     data_dir: str | Path,
     split: str = "test",
@@ -219,28 +211,31 @@ def reconstruct(
     n_way: int = 50,
     device: str | None = None,
     progress: bool = True,
+    ldm: str | Path | None = None,
 ) -> dict:
     """Reconstruct ``split`` (repeats averaged) into ``out`` and return the metrics written to
     ``out/metrics.json`` (see the module doc). ``clip_model`` (+ ``clip_pretrained``, a local file or
     open_clip tag) adds the CLIP scores; ``batch_size`` is how many fMRI samples are read, sampled and
     CLIP-embedded at a time (the UNet runs on up to ``2 x samples x batch_size`` latents). ``steps`` and
-    ``guidance`` default to the checkpoint's ``sample_steps`` and ``guidance_scale``."""
+    ``guidance`` default to the checkpoint's ``sample_steps`` and ``guidance_scale``. ``ckpt`` is a stage-3
+    checkpoint or a run folder; ``ldm`` the frozen LDM's folder when it is no longer where the checkpoint
+    recorded it."""
     out = Path(out)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_finetune(ckpt).to(device).eval()
-    steps = steps or model.hparams.sample_steps
-    guidance = model.hparams.guidance_scale if guidance is None else guidance
+    pipe = load_pipeline(ckpt, ldm).to(device)
+    steps = steps or pipe.config.num_inference_steps
+    guidance = pipe.config.guidance_scale if guidance is None else guidance
     data = NSDDataModule(
         str(data_dir),
         subjects=subjects,
         batch_size=batch_size,
         num_workers=0,
-        patch_size=model.aligner.encoder.patch_size,
-        image_size=model.latent_size * vq_downsampling(model.vq),  # truth at the reconstructions' size
+        patch_size=pipe.fmri_encoder.aligner.encoder.patch_size,
+        image_size=pipe.image_size,  # truth at the reconstructions' size
     )
-    if data.num_voxels > model.hparams.num_voxels:
+    if data.num_voxels > pipe.fmri_encoder.num_voxels:
         raise ReconstructionError(
-            f"the data has {data.num_voxels} (padded) voxels, the model takes {model.hparams.num_voxels}"
+            f"the data has {data.num_voxels} (padded) voxels, the model takes {pipe.fmri_encoder.num_voxels}"
         )
     clip = None
     if clip_model:
@@ -264,7 +259,7 @@ def reconstruct(
     bar = tqdm(total=data.num_samples(split), desc=f"reconstruct {split}", unit="img", disable=not progress)
     for batch in data.eval_dataloader(split):
         with autocast, torch.no_grad():
-            recon = _reconstruct_batch(model, batch, out, steps, guidance, samples, seed)  # b s 3 H W
+            recon = _reconstruct_batch(pipe, batch, out, steps, guidance, samples, seed)  # b s 3 H W
             for index, images in enumerate(collected.values()):
                 rows = batch["subject"] == index
                 if rows.any():
@@ -331,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     """``lightning-fcae reconstruct --ckpt CKPT --data DIR --out DIR [...]``."""
     args = reconstruct_parser().parse_args(argv)
     try:
-        metrics = reconstruct(**vars(args))
+        metrics = reconstruct_split(**vars(args))
     except (ReconstructionError, FileNotFoundError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

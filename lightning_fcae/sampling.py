@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel, VQModel
 from diffusers.utils.torch_utils import randn_tensor
+from einops import rearrange
 
 
 @torch.no_grad()
@@ -74,3 +75,46 @@ def sample_images(
 
     images = vq.decode(latents / vq.config.scaling_factor).sample
     return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+def sample_conditioned(
+    context: torch.Tensor,
+    pooled: torch.Tensor,
+    condition,
+    unet: UNet2DConditionModel,
+    vq: VQModel,
+    scheduler_config: dict,
+    samples: int = 1,
+    steps: int = 50,
+    guidance: float = 3.0,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    latent_size: int | None = None,
+) -> torch.Tensor:
+    """``samples`` images per condition row: ``[b, samples, 3, H, W]`` in [0, 1], all in one batch.
+
+    ``context [b, L, C]`` / ``pooled [b, P]`` come from ``condition`` (a ``ClipCondition``), whose null
+    value guides. ``generator``: one for the batch, or one per row, from which the row's ``samples``
+    images draw in turn, so row i's images depend on ``generator[i]`` only, not on the rest of the batch
+    (up to the kernels' batch-dependent rounding). Shared by training-time sampling (``LDMFinetune``)
+    and the reconstruction pipeline, so both make the same images.
+    """
+    if isinstance(generator, list):
+        if len(generator) != len(context):
+            raise ValueError(f"{len(generator)} generators for {len(context)} condition rows")
+        generator = [g for g in generator for _ in range(samples)]  # rows are (b s)
+    context, pooled = context.repeat_interleave(samples, 0), pooled.repeat_interleave(samples, 0)
+    null_context, null_pooled = condition.null(len(context))
+    images = sample_images(
+        unet,
+        vq,
+        scheduler_config,
+        context,
+        pooled,
+        null_context,
+        null_pooled,
+        steps=steps,
+        guidance=guidance,
+        generator=generator,
+        latent_size=latent_size,
+    )
+    return rearrange(images, "(b s) c h w -> b s c h w", s=samples)

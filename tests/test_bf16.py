@@ -62,6 +62,6 @@ def test_every_stage_trains_and_samples_under_bf16_mixed(accelerator, toy_datase
         assert torch.isfinite(stage3.callback_metrics[name]), name
     fmri = torch.randn(2, data.num_voxels, device=ldm.device)
     with torch.autocast(ldm.device.type, torch.bfloat16):
-        images = ldm.reconstruct(fmri, steps=2, seed=[0, 1])
+        images = ldm.sample(fmri, steps=2, seed=[0, 1])
     assert images.shape == (2, 1, 3, 16, 16) and images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1

@@ -61,6 +61,29 @@ def test_synth_inspect_check(tmp_path, capsys, monkeypatch):
     assert "overwrite" in capsys.readouterr().err
 
 
+def test_synth_makes_fewer_samples_on_request(tmp_path, capsys):
+    """A smaller dataset of a profile's shape (the paper profile takes ~10-30 minutes at full size)."""
+    out = tmp_path / "small-tiny"
+    argv = [
+        "data",
+        "synth",
+        "--profile",
+        "tiny",
+        "--out",
+        str(out),
+        "--train-images",
+        "20",
+        "--test-images",
+        "4",
+    ]
+    assert _run(argv) == 0
+    assert "train 36, val 4, test 8" in capsys.readouterr().out  # 2 subjects, 10% of 20 to val
+    profile = json.loads((out / "manifest.json").read_text())["source"]["profile"]
+    assert (profile["name"], profile["train_images"], profile["test_images"]) == ("tiny", 20, 4)
+    assert _run(["data", "synth", "--out", str(tmp_path / "x"), "--train-images", "5"]) == 2
+    assert capsys.readouterr().err == "error: data synth: train-images must be >= 10 (val takes 10%), got 5\n"
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert _run(["data", "inspect", str(tmp_path / "nowhere")]) == 2
     assert "data synth" in capsys.readouterr().err
@@ -184,6 +207,7 @@ print(code, "torch" in sys.modules, "lightning" in sys.modules, "usage" in out.g
         "stand-ins",
         "stand-ins check",
         "convert-ldm",
+        "upgrade-checkpoint",
         "data",
         "data inspect",
     ],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import warnings
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -24,7 +26,14 @@ from lightning_fcae.data.clip_cache import (
 )
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.data.shards import iter_raw_samples, sha256_file
-from lightning_fcae.models.clip import FrozenClip, MissingWeightsError, encode_captions, load_clip
+from lightning_fcae.models.clip import (
+    FrozenClip,
+    MissingWeightsError,
+    QuickGeluWarning,
+    encode_captions,
+    load_clip,
+    warn_if_openai_without_quickgelu,
+)
 from lightning_fcae.stages.clip_pretrain import ClipPretrain
 
 
@@ -79,6 +88,76 @@ def test_offline_tag_gives_download_hint(monkeypatch):
     assert repo in message and "clip_pretrained" in message and "ViT-B-32-quickgelu" in message
 
 
+def openai_style_archive(path) -> nn.Module:
+    """A tiny open_clip CLIP saved as OpenAI saved theirs: a traced TorchScript archive of the whole model
+    (open_clip's module names are OpenAI's)."""
+    torch.manual_seed(0)
+    model = open_clip.create_model("fcae-clip-tiny").eval()
+    images, tokens = (
+        torch.rand(2, 3, *model.visual.image_size),
+        torch.randint(0, 100, (2, model.context_length)),
+    )
+    with torch.no_grad():
+        torch.jit.trace(model, (images, tokens), strict=False, check_trace=False).save(str(path))
+    return model
+
+
+def test_an_openai_torchscript_archive_loads_without_running_it(tmp_path):
+    path = tmp_path / "ViT-B-32.pt"
+    original = openai_style_archive(path)
+    with pytest.raises(RuntimeError, match="weights_only"):  # what open_clip's own loader tripped on
+        torch.load(path, weights_only=True)
+    loaded = load_clip("fcae-clip-tiny", str(path))
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in original.state_dict().items())
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = F.normalize(original.encode_image(loaded.preprocess(images)), dim=-1)
+    assert torch.equal(loaded.image_embed(images), expected)
+    with pytest.raises(ValueError, match=r"does not fit fcae-clip-small \(the TorchScript archive holds no "):
+        load_clip("fcae-clip-small", str(path))  # the right format, another architecture's weights
+
+
+def test_a_torchscript_archive_that_holds_more_than_tensors_is_refused_unrun(tmp_path, capsys):
+    import zipfile
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps(Payload(), protocol=2))
+        archive.writestr("evil/code/__torch__.py", "")
+    with pytest.raises(
+        ValueError, match=r"names __builtin__\.print, which is not read.*refused rather than run"
+    ):
+        load_clip("fcae-clip-tiny", str(path))
+    assert "ran" not in capsys.readouterr().out
+
+
+def test_openai_weights_in_the_gelu_architecture_warn(tmp_path):
+    with pytest.warns(QuickGeluWarning, match="clip_model ViT-B-32 uses GELU.*ViT-B-32-quickgelu"):
+        warn_if_openai_without_quickgelu("ViT-B-32", tmp_path / "ViT-B-32-openai.safetensors")
+    path = tmp_path / "weights.pt"
+    openai_style_archive(path)  # OpenAI's format, whatever its name
+    with pytest.warns(QuickGeluWarning):
+        warn_if_openai_without_quickgelu("ViT-B-32", path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_openai_without_quickgelu("ViT-B-32-quickgelu", path)
+        warn_if_openai_without_quickgelu("ViT-B-32", tmp_path / "laion2b.safetensors")
+
+
+def test_the_offline_hint_names_the_file_the_paper_plan_expects():
+    import yaml
+
+    from lightning_fcae.models.clip import _download_hint
+
+    plan = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments/paper.yaml").read_text())
+    cfg = open_clip.get_pretrained_cfg(plan["clip_model"], "openai")
+    assert f"copy it to {plan['clip_pretrained']} and" in _download_hint(plan["clip_model"], "openai", cfg)
+
+
 def test_frozen_clip_stays_frozen(clip):
     adapter, head = nn.Conv2d(3, 3, 1), nn.Linear(512, 3)
     parent = nn.ModuleDict({"adapter": adapter, "clip": clip, "head": head})
@@ -103,7 +182,6 @@ def test_clip_pretrain_learns_and_exports(toy_dataset, tmp_path):
     data = NSDDataModule(str(toy_dataset), batch_size=16, num_workers=0, with_images=True)
     export = tmp_path / "clip" / "fcae-clip-tiny.pt"  # the file named after the architecture trained
     module = ClipPretrain(
-        data.num_voxels,
         "fcae-clip-tiny",
         lr=1e-3,
         warmup_fraction=0.1,

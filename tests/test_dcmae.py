@@ -18,10 +18,10 @@ from lightning_fcae.cli import run_lightning_cli
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.models import DCMAE, MAE, model_size
 from lightning_fcae.models.dcmae import info_nce
+from lightning_fcae.models.factory import checkpoint_models, load_fmri_encoder, load_model, read_checkpoint
 from lightning_fcae.models.mae import mae_loss
-from lightning_fcae.stages import DCMAEPretrain, load_pretrained
+from lightning_fcae.stages import DCMAEPretrain
 from lightning_fcae.stages.optim import adamw
-from lightning_fcae.stages.pretrain import build_stage1, stage1_hparams
 from tests.ddp import REPO, fixed_masking, run_ranks
 
 V, T, D = 80, 5, 12  # padded voxels (5 tiny patches), image tokens T x D
@@ -115,16 +115,14 @@ def test_training_a_contrast_term_lowers_it():
 
 
 def test_checkpoints_feed_stages_2_and_3_and_phase_2(toy_dataset, tmp_path):
-    from lightning_fcae.stages.diffusion import load_fmri_encoder
-
     dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, with_images=False)
     phase1 = DCMAEPretrain(dm.num_voxels, size="tiny")
     trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(phase1, dm)
     path = str(tmp_path / "dcmae.ckpt")
     trainer.save_checkpoint(path)
-    assert stage1_hparams(path)["kind"] == "dcmae"
-    model = load_pretrained(path)
+    assert checkpoint_models(read_checkpoint(path), path)["model"]["class"] == "DCMAE"
+    model = load_model(path, "model")
     assert isinstance(model, DCMAE) and model.guidance is None
     for name, tensor in phase1.model.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name]), name
@@ -145,12 +143,11 @@ def test_checkpoints_feed_stages_2_and_3_and_phase_2(toy_dataset, tmp_path):
     assert not torch.equal(phase2.model.encoder(fmri), model.encoder(fmri))
     path2 = str(tmp_path / "dcmae_image.ckpt")
     trainer.save_checkpoint(path2)
-    restored = load_pretrained(path2)  # does not need the phase-1 file: init_ckpt is not followed
+    restored = load_model(path2, "model")  # does not need the phase-1 file: init_ckpt is not followed
     assert restored.guidance is not None
     for name, tensor in phase2.model.state_dict().items():
         assert torch.equal(tensor, restored.state_dict()[name]), name
     assert torch.equal(load_fmri_encoder(path2)(fmri), phase2.model.encoder(fmri))
-    assert isinstance(build_stage1(stage1_hparams(path2)), DCMAE)
     with pytest.raises(ValueError, match="same"):
         DCMAEPretrain(dm.num_voxels + 16, init_ckpt=path)
 
@@ -221,7 +218,7 @@ def test_cli_fast_dev_run(config, toy_dataset, tmp_path, monkeypatch):
         assert math.isfinite(cli.trainer.callback_metrics[f"train/{term}"].item()), term
     # a CLI-made checkpoint (its hyper-parameters carry LightningCLI's private keys) chains on
     cli.trainer.save_checkpoint(tmp_path / "cli.ckpt")
-    model = load_pretrained(str(tmp_path / "cli.ckpt"))
+    model = load_model(tmp_path / "cli.ckpt", "model")
     assert isinstance(model, DCMAE) and (model.guidance is not None) == ("image" in config)
     for name, tensor in cli.model.model.encoder.state_dict().items():
         assert torch.equal(tensor, model.encoder.state_dict()[name]), name

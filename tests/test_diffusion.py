@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_fcae.cli import run_lightning_cli
 from lightning_fcae.data.datamodule import NSDDataModule
-from lightning_fcae.models.ldm import build_ldm, cross_attention_parameters, ldm_config, load_ldm
+from lightning_fcae.models.ldm import build_ldm, cross_attention_parameters, ldm_config, load_ldm, save_ldm
 from lightning_fcae.models.ldm_convert import convert_compvis_ldm
 from lightning_fcae.models.ldm_convert import main as convert_main
 from lightning_fcae.sampling import sample_images
@@ -173,6 +173,13 @@ def test_load_ldm_names_the_expected_layout(tmp_path):
         load_ldm(tmp_path)
 
 
+def test_loading_an_ldm_prints_no_accelerate_notice(tmp_path, capfd):
+    """diffusers asks for accelerate on every from_pretrained; it would save nothing here
+    (lightning_fcae/models/__init__.py says why), so the notice is dropped."""
+    load_ldm(save_ldm(build_ldm("tiny"), tmp_path / "ldm"))
+    assert "accelerate" not in capfd.readouterr().err
+
+
 def test_sampling_shape_range_guidance_and_determinism():
     module = _finetune().eval()
     tokens, pooled = module.condition(_batch(3)["fmri"])
@@ -193,9 +200,9 @@ def test_sampling_shape_range_guidance_and_determinism():
     with pytest.raises(ValueError, match="null condition"):
         sample(guidance=2.0)
 
-    recon = module.reconstruct(_batch(2)["fmri"], steps=3, samples=2, seed=5)
+    recon = module.sample(_batch(2)["fmri"], steps=3, samples=2, seed=5)
     assert recon.shape == (2, 2, 3, 16, 16)
-    assert torch.equal(recon, module.reconstruct(_batch(2)["fmri"], steps=3, samples=2, seed=5))
+    assert torch.equal(recon, module.sample(_batch(2)["fmri"], steps=3, samples=2, seed=5))
     assert not torch.equal(recon[:, 0], recon[:, 1])  # samples of one fMRI differ
 
 
@@ -205,7 +212,7 @@ def test_per_row_generators_make_rows_independent_of_the_batch():
     a, b, c = fmri[0:1], fmri[1:2], fmri[2:3]
 
     def recon(rows, seed, samples=2):
-        return module.reconstruct(torch.cat(rows), steps=3, samples=samples, seed=seed)
+        return module.sample(torch.cat(rows), steps=3, samples=samples, seed=seed)
 
     def close(x, y):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
@@ -216,7 +223,7 @@ def test_per_row_generators_make_rows_independent_of_the_batch():
     close(recon([c, a], [3, 7])[1], batched[0])  # row a's images, whatever sits beside it
     assert not torch.allclose(batched[:, 0], batched[:, 1], atol=1e-3)  # a row's samples differ
     assert not torch.allclose(recon([a, a], [7, 8])[0], recon([a, a], [7, 8])[1], atol=1e-3)
-    with pytest.raises(ValueError, match="3 seeds for 2"):
+    with pytest.raises(ValueError, match="3 generators for 2"):
         recon([a, b], [1, 2, 3])
 
     # sample_images itself, with DDIM noise at every step (eta > 0) drawn per row too

@@ -16,7 +16,8 @@ from lightning_fcae.cli import main as cli_main
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.data.shards import DatasetWriter
 from lightning_fcae.metrics.callbacks import ReconstructionMetrics
-from lightning_fcae.reconstruct import ReconstructionError, reconstruct
+from lightning_fcae.reconstruct import ReconstructionError, reconstruct_split
+from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline
 from lightning_fcae.stages.diffusion import LDMFinetune
 from tests.conftest import VOXELS
 from tests.ddp import run_ranks
@@ -71,16 +72,18 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
 
     def run():
         torch.manual_seed(0)  # the random-weight test CLIP is initialised from the global RNG
-        return reconstruct(ckpt, data, out=out, steps=3, clip_model="fcae-clip-tiny", n_way=4, progress=False)
+        return reconstruct_split(
+            ckpt, data, out=out, steps=3, clip_model="fcae-clip-tiny", n_way=4, progress=False
+        )
 
-    rows = []  # fMRI rows per LDMFinetune.reconstruct call
-    original = LDMFinetune.reconstruct
+    rows = []  # fMRI rows per pipeline call
+    original = FMRIReconstructionPipeline.__call__
 
     def counting(self, fmri, *args, **kwargs):
         rows.append(len(fmri))
         return original(self, fmri, *args, **kwargs)
 
-    monkeypatch.setattr(LDMFinetune, "reconstruct", counting)
+    monkeypatch.setattr(FMRIReconstructionPipeline, "__call__", counting)
     metrics = run()
     assert rows == [16]  # the one data batch (batch_size 16) sampled in one call
     monkeypatch.undo()
@@ -114,12 +117,12 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
     def no_sampling(*args, **kwargs):
         raise AssertionError("a finished sample was sampled again")
 
-    monkeypatch.setattr(LDMFinetune, "reconstruct", no_sampling)
+    monkeypatch.setattr(FMRIReconstructionPipeline, "__call__", no_sampling)
     assert run() == metrics
 
     # a lost PNG is sampled again, alone, with its own seed: the same image as in the batch of 16
     monkeypatch.undo()
-    monkeypatch.setattr(LDMFinetune, "reconstruct", counting)
+    monkeypatch.setattr(FMRIReconstructionPipeline, "__call__", counting)
     rows.clear()
     lost = images[5]
     before = lost.read_bytes()
@@ -129,7 +132,7 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
     assert all(p.stat().st_mtime_ns == mtimes[p] for p in images if p != lost)
 
     with pytest.raises(ReconstructionError, match="steps"):  # other settings would mix two runs' images
-        reconstruct(ckpt, data, out=out, steps=4, progress=False)
+        reconstruct_split(ckpt, data, out=out, steps=4, progress=False)
     # a checkpoint retrained into the same path is another model, whatever its name
     retrained = tmp_path / "retrained" / ckpt.name
     retrained.parent.mkdir()
@@ -141,18 +144,18 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
     settings = json.loads((out / "settings.json").read_text())
     (out / "settings.json").write_text(json.dumps(settings | {"ckpt": str(retrained.resolve())}))
     with pytest.raises(ReconstructionError, match="ckpt_sha256"):
-        reconstruct(retrained, data, out=out, steps=3, progress=False)
+        reconstruct_split(retrained, data, out=out, steps=3, progress=False)
     # other fMRI under the same keys is another evaluation: its PNGs are not these
     other = _textured_dataset(tmp_path / "other-data", fmri_seed=1)
     with pytest.raises(ReconstructionError, match="data_sha256"):
-        reconstruct(ckpt, other, out=out, steps=3, progress=False)
+        reconstruct_split(ckpt, other, out=out, steps=3, progress=False)
 
 
 def test_sampling_settings_default_to_the_checkpoints(trained, tmp_path):
     """Without --steps / --guidance, reconstruct samples as the model was configured to (its
     ``sample_steps`` and ``guidance_scale``), not with a default of its own."""
     data, ckpt = trained
-    reconstruct(ckpt, data, out=tmp_path / "out", n_way=2, progress=False)
+    reconstruct_split(ckpt, data, out=tmp_path / "out", n_way=2, progress=False)
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())
     assert (settings["steps"], settings["guidance"]) == (2, 3.0)
 
@@ -171,10 +174,15 @@ def test_cli_reconstruct_and_clear_errors(trained, tmp_path, capsys):
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("not a checkpoint")
     stage1_like = tmp_path / "stage1.ckpt"
-    torch.save({"state_dict": {"encoder.weight": torch.zeros(1)}}, stage1_like)
+    torch.save(
+        {"state_dict": {"model.x": torch.zeros(1)}, "models": {"model": {"class": "MAE"}}}, stage1_like
+    )
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": {"aligner.x": torch.zeros(1), "conditioner.x": torch.zeros(1)}}, legacy)
     for path, message in (
         (not_a_checkpoint, "not a PyTorch checkpoint"),
         (stage1_like, "not an LDMFinetune"),
+        (legacy, "lightning-fcae upgrade-checkpoint"),
     ):
         with pytest.raises(SystemExit) as exit_:
             cli_main([*args, "--ckpt", str(path), "--out", str(tmp_path / "bad")])
@@ -197,13 +205,13 @@ class ImageLogger(CSVLogger):
 def test_reconstruction_metrics_callback(trained, tmp_path, monkeypatch):
     data, _ = trained
     calls = []
-    original = LDMFinetune.reconstruct
+    original = LDMFinetune.sample
 
     def counting(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(LDMFinetune, "reconstruct", counting)
+    monkeypatch.setattr(LDMFinetune, "sample", counting)
     torch.manual_seed(0)
     callback = ReconstructionMetrics(num_samples=4, steps=2, every_n_epochs=2)
     trainer = _trainer(

@@ -16,7 +16,8 @@ from lightning_fcae.cli import run_lightning_cli
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.metrics.probe import LinearProbe, pool_latents, probe_features, ridge_probe_accuracy
 from lightning_fcae.models import FCAE, MAE, model_size
-from lightning_fcae.stages import FCAEPretrain, MAEPretrain, load_pretrained
+from lightning_fcae.models.factory import load_model
+from lightning_fcae.stages import FCAEPretrain, MAEPretrain
 from lightning_fcae.stages.optim import adamw, warmup_cosine
 from lightning_fcae.stages.seeding import reseed_for_rank_and_step
 from tests.ddp import REPO, run_ranks
@@ -185,7 +186,7 @@ def test_stage1_checkpoint_chains_to_the_next_stage(toy_dataset, tmp_path):
         trainer.fit(module, dm)
         path = tmp_path / f"{stage.__name__}.ckpt"
         trainer.save_checkpoint(path)
-        model = load_pretrained(str(path))
+        model = load_model(path, "model")  # strict, no LightningModule
         assert isinstance(model, kind)
         for name, tensor in module.model.state_dict().items():
             assert torch.equal(tensor, model.state_dict()[name]), name

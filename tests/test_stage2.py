@@ -11,8 +11,9 @@ import torch
 from lightning_fcae.cli import run_lightning_cli
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.models.align import FMRIAligner, TokenMapper, token_cosine_loss
+from lightning_fcae.models.factory import load_fmri_aligner, load_fmri_encoder
 from lightning_fcae.stages import FCAEPretrain
-from lightning_fcae.stages.align import FCAEAlign, load_aligned
+from lightning_fcae.stages.align import FCAEAlign
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP = {"live_clip_model": "fcae-clip-tiny", "clip_tokens": 17, "clip_dim": 512}  # 32 px / patch 8 + cls
@@ -66,7 +67,7 @@ def test_clip_is_frozen_bit_identical_and_left_out_of_checkpoints(toy_dataset, t
     path = tmp_path / "stage2.ckpt"
     trainer.save_checkpoint(path)
     assert not any(k.startswith("clip.") for k in torch.load(path, weights_only=True)["state_dict"])
-    restored = load_aligned(str(path))
+    restored = load_fmri_aligner(path)  # strict, with neither CLIP nor the stage-1 file
     for key, value in module.aligner.state_dict().items():
         assert torch.equal(value, restored.state_dict()[key]), key
 
@@ -151,8 +152,6 @@ def test_cli_fast_dev_run(toy_dataset, tmp_path, monkeypatch):
 
 
 def test_stage2_checkpoint_feeds_stage3(toy_dataset, tmp_path):
-    from lightning_fcae.stages.diffusion import load_fmri_encoder
-
     dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
     module = FCAEAlign(dm.num_voxels, **TINY_CLIP)
     trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
@@ -164,7 +163,7 @@ def test_stage2_checkpoint_feeds_stage3(toy_dataset, tmp_path):
 
 
 def test_stage3_takes_stage2s_token_map_on_the_same_clip_grid(toy_dataset, tmp_path):
-    from lightning_fcae.stages.diffusion import LDMFinetune, load_fmri_aligner
+    from lightning_fcae.stages.diffusion import LDMFinetune, stage3_aligner
 
     dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
     module = FCAEAlign(dm.num_voxels, **TINY_CLIP)
@@ -172,14 +171,33 @@ def test_stage3_takes_stage2s_token_map_on_the_same_clip_grid(toy_dataset, tmp_p
     trainer.fit(module, dm)
     path = str(tmp_path / "stage2.ckpt")
     trainer.save_checkpoint(path)
-    aligner = load_fmri_aligner(path, 17, 512)
+    aligner = stage3_aligner(path, 17, 512)
     assert aligner.regressor is None  # stage 3 encodes every patch
     fmri = torch.randn(3, dm.num_voxels)
     module.aligner.eval()
     with torch.no_grad():  # the same tokens as stage 2's evaluation (every patch visible)
         assert torch.allclose(aligner.eval()(fmri), module.aligner(fmri, mask_ratio=0.0))
     with pytest.raises(ValueError, match="same CLIP model"):
-        load_fmri_aligner(path, 50, 512)  # an LDM pretrained on another CLIP's grid
+        stage3_aligner(path, 50, 512)  # an LDM pretrained on another CLIP's grid
     # without an LDM pretrained on CLIP features, stage 3 builds its condition on stage 2's grid
     stage3 = LDMFinetune(dm.num_voxels, encoder_ckpt=path, clip_tokens=50)
     assert stage3.conditioner.config.clip_tokens == 17
+
+
+def test_legacy_stage2_checkpoint_upgrades_to_the_same_aligner(toy_dataset, tmp_path):
+    from lightning_fcae.stages.upgrade import upgrade
+
+    dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
+    module = FCAEAlign(dm.num_voxels, **TINY_CLIP, encoder_size="tiny")
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, dm)
+    path = tmp_path / "stage2.ckpt"
+    trainer.save_checkpoint(path)
+    legacy = torch.load(path, weights_only=True)  # as written before 2026-12-02: stage 1 as hyper-parameters
+    del legacy["models"]
+    legacy["hyper_parameters"]["stage1"] = {"kind": "fcae", "num_voxels": dm.num_voxels, "size": "tiny"}
+    torch.save(legacy, path)
+    assert upgrade(path) == tmp_path / "stage2.ckpt.bak"
+    restored = load_fmri_aligner(path)
+    assert all(torch.equal(v, module.aligner.state_dict()[k]) for k, v in restored.state_dict().items())
+    assert upgrade(path) is None  # already upgraded

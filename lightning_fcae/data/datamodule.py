@@ -264,12 +264,17 @@ class NSDDataModule(L.LightningDataModule):
             urls.append(str(path))
         return urls
 
-    def _decoder(self, repeats: RepeatMode) -> SampleDecoder:
+    def norm_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per subject, the training split's voxel ``(mean, std)`` that z-scores every sample (checked
+        against the manifest on first use)."""
         if self._stats is None:
             self._stats = load_norm_stats(self.data_dir, self.manifest)
+        return {s: self._stats[s] for s in self.subjects}
+
+    def _decoder(self, repeats: RepeatMode) -> SampleDecoder:
         return SampleDecoder(
             self.subjects,
-            {s: self._stats[s] for s in self.subjects},
+            self.norm_stats(),
             self.num_voxels,
             repeats,
             self.hparams.with_images,

@@ -149,9 +149,7 @@ class ReconstructionMetrics(L.Callback):
             return
         fmri, truth = self._val_subset(trainer)
         with trainer.precision_plugin.forward_context():  # the precision validation_step runs in
-            recon = pl_module.reconstruct(
-                fmri.to(pl_module.device), self.steps, self.guidance, seed=self.seed
-            )
+            recon = pl_module.sample(fmri.to(pl_module.device), self.steps, self.guidance, seed=self.seed)
         recon = recon[:, 0].float()  # n 3 H W
         truth = truth.to(recon.device)
         if truth.shape[-2:] != recon.shape[-2:]:  # the module resizes its inputs (image_size)

@@ -25,6 +25,7 @@ from torch import nn
 
 from .fcae import FCAE, LatentContextRegressor
 from .mae import MAE
+from .sizes import EncoderConfig, RegressorConfig
 from .vit import FMRIEncoder, random_masking
 
 
@@ -75,7 +76,27 @@ class FMRIAligner(nn.Module):
     ):
         super().__init__()
         self.encoder, self.regressor = encoder, regressor
+        self.mapper_args = {"clip_tokens": clip_tokens, "clip_dim": clip_dim, "embed_rank": embed_rank}
         self.mapper = TokenMapper(encoder.num_patches, encoder.embed_dim, clip_tokens, clip_dim, embed_rank)
+
+    @property
+    def model_args(self) -> dict:
+        """What rebuilds this aligner (models/factory.py): its parts' arguments and the token grid."""
+        regressor = None if self.regressor is None else self.regressor.model_args
+        return {"encoder": self.encoder.model_args, "regressor": regressor, **self.mapper_args}
+
+    @classmethod
+    def from_model_args(cls, args: dict) -> FMRIAligner:
+        """A randomly initialised aligner from :attr:`model_args`."""
+        encoder = FMRIEncoder(args["encoder"]["num_voxels"], EncoderConfig(**args["encoder"]["cfg"]))
+        regressor = None
+        if args["regressor"] is not None:
+            reg = args["regressor"]
+            config = RegressorConfig(**reg["cfg"])
+            regressor = LatentContextRegressor(
+                reg["num_patches"], reg["dim"], config, reg["mlp_ratio"], False
+            )
+        return cls(encoder, regressor, args["clip_tokens"], args["clip_dim"], args["embed_rank"])
 
     @classmethod
     def from_pretrained(

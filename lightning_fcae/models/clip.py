@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import open_clip
@@ -25,6 +26,8 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from .torchscript import UnsafeArchiveError, is_torchscript_archive, read_torchscript_tensors
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +185,68 @@ def _download_hint(model_name: str, tag: str, cfg: dict) -> str:
         )
     else:
         source = cfg.get("url", "")
-    local = f"checkpoints/clip/{model_name}-{tag}{Path(source.split()[0]).suffix}"
+    # one name per weights, whichever architecture name asks: experiments/paper.yaml expects this one
+    local = f"checkpoints/clip/{model_name.removesuffix('-quickgelu')}-{tag}{Path(source.split()[0]).suffix}"
     hint = (
         f"could not download the open_clip weights {model_name} / {tag!r} (is this machine offline?). "
         f"On a machine with internet download {source}, copy it to {local} and set clip_pretrained: {local}"
     )
     if cfg.get("quick_gelu") and f"{model_name}-quickgelu" in open_clip.list_models():
         hint += f" and clip_model: {model_name}-quickgelu (these weights use QuickGELU)"
+    if tag == "openai" and cfg.get("url") and repo:  # OpenAI's own release, a TorchScript archive
+        hint += f". OpenAI's TorchScript file {cfg['url']} loads as well"
     return hint + ". A local file loads offline."
+
+
+class QuickGeluWarning(UserWarning):
+    """OpenAI's CLIP weights (trained with QuickGELU) go into an architecture that uses GELU: they load,
+    since the activation has no weights, but every feature comes out slightly wrong."""
+
+
+def uses_quick_gelu(model_name: str) -> bool:
+    return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+
+
+def warn_if_openai_without_quickgelu(model_name: str, path: Path) -> None:
+    """OpenAI's weights are recognised by their format (a TorchScript archive, OpenAI's own release) or
+    their name (``openai`` in it, as the offline hint names the file); other files cannot be told apart."""
+    if uses_quick_gelu(model_name) or f"{model_name}-quickgelu" not in open_clip.list_models():
+        return
+    if "openai" in path.name.lower() or is_torchscript_archive(path):
+        warnings.warn(
+            f"CLIP weights {path} look like OpenAI's, which were trained with QuickGELU, but clip_model "
+            f"{model_name} uses GELU: its features will be slightly off. Set clip_model: {model_name}-quickgelu",
+            QuickGeluWarning,
+            stacklevel=3,
+        )
+
+
+def load_torchscript_clip(model_name: str, path: Path) -> nn.Module:
+    """An open_clip ``model_name`` with the weights of a TorchScript archive in OpenAI's layout (OpenAI's
+    ``ViT-B-32.pt``), read without running the archive (:mod:`.torchscript`: ``torch.jit.load``, what
+    open_clip's own ``load_openai_model`` uses, compiles and may run the archive's code). OpenAI's module
+    names are open_clip's ``CLIP`` names; tensors the model does not hold (``attn_mask``,
+    ``input_resolution``, ...) are left out, and a missing or misshapen one fails the strict load."""
+    tensors = read_torchscript_tensors(path)
+    logging.getLogger().addFilter(_random_init_notice)  # the weights come right after
+    try:
+        model = open_clip.create_model(model_name)
+    finally:
+        logging.getLogger().removeFilter(_random_init_notice)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise RuntimeError(
+            f"the TorchScript archive holds no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: "
+            "not an OpenAI CLIP of this architecture"
+        )
+    model.load_state_dict({k: tensors[k] for k in expected}, strict=True)  # fp16 in OpenAI's file: cast
+    return model
+
+
+def _random_init_notice(record: logging.LogRecord) -> bool:
+    """Drops open_clip's "Model initialized randomly" while :func:`load_torchscript_clip` builds the model."""
+    return "initialized randomly" not in record.getMessage()
 
 
 def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = None) -> FrozenClip:
@@ -197,8 +254,10 @@ def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = N
 
     Args:
         model_name: an open_clip config name (``ViT-B-32``, ``fcae-clip-small``, ...).
-        pretrained: a local checkpoint file, an open_clip tag (``openai``, ``laion2b_s34b_b79k``; downloaded
-            when online), or None for random weights (tests only).
+        pretrained: a local checkpoint file (an open_clip state dict: .safetensors, .bin, .pt; or a
+            TorchScript archive in OpenAI's layout, such as OpenAI's ``ViT-B-32.pt``, read without running
+            it), an open_clip tag (``openai``, ``laion2b_s34b_b79k``; downloaded when online), or None for
+            random weights (tests only).
         cache_dir: open_clip's download cache for tags.
 
     Raises:
@@ -222,12 +281,21 @@ def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = N
             raise MissingWeightsError(
                 f"CLIP checkpoint {path} does not exist: clip_pretrained for {model_name} must be a local file{known}"
             )
+        warn_if_openai_without_quickgelu(model_name, path)
         try:
-            model = open_clip.create_model(model_name, pretrained=str(path))
+            if is_torchscript_archive(path):  # torch.load(weights_only=True), open_clip's loader, refuses it
+                model = load_torchscript_clip(model_name, path)
+            else:
+                model = open_clip.create_model(model_name, pretrained=str(path))
         except (AssertionError, RuntimeError) as exc:  # open_clip's shape checks, load_state_dict
             raise ValueError(
                 f"CLIP checkpoint {path} does not fit {model_name} ({exc}): was it trained as another "
                 "architecture? clip_model must name the architecture the weights were trained as"
+            ) from exc
+        except UnsafeArchiveError as exc:
+            raise ValueError(
+                f"CLIP checkpoint {path} is a TorchScript archive holding more than tensors ({exc}): refused "
+                "rather than run; a state dict (.safetensors, .bin) of the same weights loads"
             ) from exc
         return FrozenClip(model, model_name, pretrained, checkpoint=path)
     try:

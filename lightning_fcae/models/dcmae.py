@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_fcae.models.mae import MAE, MAEOutput
-from lightning_fcae.models.sizes import DecoderConfig, EncoderConfig
+from lightning_fcae.models.mae import MAE, MAEOutput, mae_loss
+from lightning_fcae.models.sizes import DecoderConfig, EncoderConfig, config_dicts
 from lightning_fcae.models.vit import (
     Block,
     CrossBlock,
@@ -74,21 +74,6 @@ def info_nce(
     return F.cross_entropy(logits, contrast.get_ground_truth(query.device, query.shape[0]))
 
 
-def dcmae_contrast(
-    first: MAEOutput,
-    second: MAEOutput | None,
-    temperature: float,
-    contrast: ClipLoss | None = None,
-) -> dict[str, torch.Tensor]:
-    """``self_contrast`` (reconstruction vs input) and, given a second masking, ``cross_contrast``
-    (reconstruction vs reconstruction) of DC-MAE, unweighted."""
-    query = unpatchify(first.pred)  # b V
-    terms = {"self_contrast": info_nce(query, unpatchify(first.target), temperature, contrast)}
-    if second is not None:
-        terms["cross_contrast"] = info_nce(query, unpatchify(second.pred), temperature, contrast)
-    return terms
-
-
 @dataclass
 class ImageReconstruction:
     pred: torch.Tensor  # [b, T, D] predicted image tokens
@@ -121,6 +106,14 @@ class ImageGuidance(nn.Module):
         grad_checkpointing: bool = False,
     ):
         super().__init__()
+        self.model_args = {
+            **config_dicts(encoder=encoder, decoder=decoder),
+            "num_tokens": num_tokens,
+            "token_dim": token_dim,
+            "depth": depth,
+            "decoder_depth": decoder_depth,
+            "image_side": image_side,
+        }
         self.grad_checkpointing = grad_checkpointing
         d, w = encoder.embed_dim, decoder.embed_dim
         self.image_to_fmri = nn.Linear(token_dim, d)
@@ -192,6 +185,7 @@ class DCMAE(MAE):
         guidance: ImageGuidance | None = None,
     ):
         super().__init__(num_voxels, encoder, decoder, norm_pix_loss, grad_checkpointing)
+        self.model_args["guidance"] = None if guidance is None else guidance.model_args
         self.guidance = guidance
 
     def forward(
@@ -224,3 +218,50 @@ def image_reconstruction_loss(out: ImageReconstruction) -> torch.Tensor:
     """Mean squared error per image token over masked tokens only (float32)."""
     per_token = (out.pred.float() - out.target).pow(2).mean(dim=-1)  # b T
     return (per_token * out.mask).sum() / out.mask.sum()
+
+
+@dataclass
+class DCMAELossWeights:
+    """Weights of DC-MAE's terms (0 switches a term off, and with it the work it needs).
+
+    rec: masked-patch MSE (vis-dec: 1 in phase 1, 0.25 in phase 2). self_contrast / cross_contrast:
+    InfoNCE of the first reconstruction against the input / against the reconstruction of a second random
+    masking (1 and 0.5). image_rec: masked image-token MSE of phase 2 (1.5).
+    """
+
+    rec: float = 1.0
+    self_contrast: float = 1.0
+    cross_contrast: float = 0.5
+    image_rec: float = 1.5
+
+
+def dcmae_loss(
+    model: DCMAE,
+    fmri: torch.Tensor,
+    mask_ratio: float,
+    weights: DCMAELossWeights,
+    temperature: float,
+    image_tokens: torch.Tensor | None = None,
+    image_mask_ratio: float = 0.5,
+    contrast: ClipLoss | None = None,
+) -> dict[str, torch.Tensor]:
+    """vis-dec's loss: ``rec * MSE + self_contrast * InfoNCE(pred_1, x) + cross_contrast * InfoNCE(pred_1,
+    pred_2) [+ image_rec * MSE(masked image tokens)]``; the terms unweighted, ``loss`` their weighted sum.
+
+    ``image_tokens [b, T, D]``: phase 2 (the model's guidance attends to them). ``contrast``: an open_clip
+    ``ClipLoss`` that gathers keys across ranks (None: the local batch, see :func:`info_nce`).
+    """
+    first = model(fmri, mask_ratio, image_tokens=image_tokens)
+    terms = {"rec": mae_loss(first)["rec"]}
+    query = unpatchify(first.pred)  # b V
+    if weights.self_contrast > 0:
+        terms["self_contrast"] = info_nce(query, unpatchify(first.target), temperature, contrast)
+    if weights.cross_contrast > 0:
+        second = model(fmri, mask_ratio, image_tokens=image_tokens)  # an independent masking
+        terms["cross_contrast"] = info_nce(query, unpatchify(second.pred), temperature, contrast)
+    if image_tokens is not None and weights.image_rec > 0:
+        fmri_latent = model.encoder(fmri)  # every patch, no image: vis-dec's "fmri support"
+        image = model.guidance.reconstruct_image(image_tokens, fmri_latent, image_mask_ratio)
+        terms["image_rec"] = image_reconstruction_loss(image)
+    terms["loss"] = sum(getattr(weights, name) * value for name, value in terms.items())
+    return terms

@@ -13,14 +13,14 @@ it can in MAE); everything the decoder needs must pass through the encoder's lat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lightning_fcae.models.sizes import DecoderConfig, EncoderConfig, RegressorConfig
+from lightning_fcae.models.sizes import DecoderConfig, EncoderConfig, RegressorConfig, config_dicts
 from lightning_fcae.models.targets import VoxelDiscretizer
 from lightning_fcae.models.vit import (
     Block,
@@ -50,6 +50,7 @@ class LatentContextRegressor(nn.Module):
         self, num_patches: int, dim: int, cfg: RegressorConfig, mlp_ratio: float, grad_checkpointing: bool
     ):
         super().__init__()
+        self.model_args = {"num_patches": num_patches, "dim": dim, "cfg": asdict(cfg), "mlp_ratio": mlp_ratio}
         self.grad_checkpointing = grad_checkpointing
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", sincos_pos_embed_1d(num_patches, dim, cls_token=False))
@@ -137,6 +138,13 @@ class FCAE(nn.Module):
         super().__init__()
         if target not in ("ce", "mse"):
             raise ValueError(f"target must be 'ce' or 'mse', got {target!r}")
+        self.model_args = {
+            "num_voxels": num_voxels,
+            **config_dicts(encoder=encoder, regressor=regressor, decoder=decoder),
+            "num_bins": num_bins,
+            "clip": clip,
+            "target": target,
+        }
         self.target = target
         self.encoder = FMRIEncoder(num_voxels, encoder, grad_checkpointing)
         self.embed_dim = encoder.embed_dim

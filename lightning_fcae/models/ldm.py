@@ -173,6 +173,11 @@ def build_ldm(name: str) -> LDM:
 def load_ldm(path: str | Path) -> LDM:
     """An LDM from a diffusers-format directory (``vqvae/``, ``unet/``, ``scheduler/``), on CPU."""
     root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"LDM folder {root} does not exist: convert a CompVis checkpoint into it with `lightning-fcae "
+            f"convert-ldm model.ckpt --config cin256-v2.yaml --out {root}` (or name the folder LDMPretrain exported)"
+        )
     missing = [name for name in LDM_PARTS if not (root / name).is_dir()]
     if missing:
         raise FileNotFoundError(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_fcae.models.sizes import DecoderConfig, EncoderConfig
+from lightning_fcae.models.sizes import DecoderConfig, EncoderConfig, config_dicts
 from lightning_fcae.models.vit import (
     Block,
     FMRIEncoder,
@@ -49,6 +49,11 @@ class MAE(nn.Module):
         grad_checkpointing: bool = False,
     ):
         super().__init__()
+        self.model_args = {
+            "num_voxels": num_voxels,
+            **config_dicts(encoder=encoder, decoder=decoder),
+            "norm_pix_loss": norm_pix_loss,
+        }
         self.encoder = FMRIEncoder(num_voxels, encoder, grad_checkpointing)
         self.embed_dim = encoder.embed_dim
         self.patch_size = encoder.patch_size

@@ -6,7 +6,7 @@ arguments (``--model.encoder.depth 12``). Defaults are the ``base`` size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass
@@ -57,3 +57,19 @@ def model_size(name: str) -> tuple[EncoderConfig, RegressorConfig, DecoderConfig
         raise ValueError(f"unknown model size {name!r}; choose one of {sorted(_SIZES)}")
     enc, reg, dec = _SIZES[name]
     return EncoderConfig(**vars(enc)), RegressorConfig(**vars(reg)), DecoderConfig(**vars(dec))
+
+
+CONFIG_TYPES = {"encoder": EncoderConfig, "regressor": RegressorConfig, "decoder": DecoderConfig}
+
+
+def config_dicts(**configs: EncoderConfig | RegressorConfig | DecoderConfig) -> dict[str, dict]:
+    """Size configs as plain dicts: what a checkpoint records (``torch.load(weights_only=True)`` reads
+    plain containers only)."""
+    return {name: asdict(cfg) for name, cfg in configs.items()}
+
+
+def config_objects(args: dict) -> dict:
+    """``args`` with its ``encoder`` / ``regressor`` / ``decoder`` dicts turned back into config objects."""
+    return {
+        k: CONFIG_TYPES[k](**v) if k in CONFIG_TYPES and isinstance(v, dict) else v for k, v in args.items()
+    }

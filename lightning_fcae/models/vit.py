@@ -6,6 +6,8 @@ A voxel vector ``[b, V]`` (V padded to a multiple of the patch size upstream) is
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -181,6 +183,8 @@ class FMRIEncoder(nn.Module):
         super().__init__()
         if num_voxels % cfg.patch_size:
             raise ValueError(f"num_voxels={num_voxels} must be padded to a multiple of {cfg.patch_size}")
+        # what rebuilds this encoder (models/factory.py); grad_checkpointing is a training choice
+        self.model_args = {"num_voxels": num_voxels, "cfg": asdict(cfg)}
         self.patch_size = cfg.patch_size
         self.num_patches = num_voxels // cfg.patch_size
         self.embed_dim = cfg.embed_dim

@@ -4,6 +4,6 @@ Stage 1 is exported here; ``stages.align`` (FCAEAlign) and ``stages.clip_pretrai
 import open_clip, so they are imported by their module path only when used.
 """
 
-from .pretrain import DCMAEPretrain, FCAEPretrain, MAEPretrain, load_pretrained
+from .pretrain import DCMAEPretrain, FCAEPretrain, MAEPretrain
 
-__all__ = ["DCMAEPretrain", "FCAEPretrain", "MAEPretrain", "load_pretrained"]
+__all__ = ["DCMAEPretrain", "FCAEPretrain", "MAEPretrain"]

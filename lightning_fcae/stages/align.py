@@ -20,15 +20,18 @@ from open_clip.loss import ClipLoss
 from torch import nn
 
 from ..metrics.identification import NWayIdentification
+from ..models import FCAE, MAE, model_size
 from ..models.align import FMRIAligner, token_cosine_loss
+from ..models.factory import build_model, load_model, model_entry
+from .chain import STAGE1_WRITER, require_checkpoint
 from .optim import adamw_warmup_cosine
-from .pretrain import STAGE1_WRITER, build_stage1, load_pretrained, require_checkpoint, stage1_hparams
+from .records import RecordsModels
 from .seeding import RankSeededModule
 
 CLIP_KEYS = ("clip_image_tokens", "clip_image_embed", "clip_text_embed")
 
 
-class FCAEAlign(RankSeededModule):
+class FCAEAlign(RecordsModels, RankSeededModule):
     """Aligns the stage-1 encoder (+ regressor) to frozen CLIP image tokens and caption embeddings.
 
     Args:
@@ -76,20 +79,23 @@ class FCAEAlign(RankSeededModule):
                 "use_image and use_text are both off: stage 2 would train nothing (row F skips it)"
             )
         if stage1 is not None:  # restoring a stage-2 checkpoint: weights come with its state_dict
-            model = build_stage1(stage1)
+            model = build_model(stage1)
         elif encoder_ckpt is not None:
             require_checkpoint(encoder_ckpt, "encoder_ckpt", STAGE1_WRITER)
-            stage1, model = stage1_hparams(encoder_ckpt), load_pretrained(encoder_ckpt)
+            model = load_model(encoder_ckpt, "model")
         else:
-            stage1 = {"kind": encoder_kind, "num_voxels": num_voxels, "size": encoder_size}
-            model = build_stage1(stage1)
-        if stage1["num_voxels"] != num_voxels:
+            encoder, regressor, decoder = model_size(encoder_size)
+            if encoder_kind == "fcae":
+                model = FCAE(num_voxels, encoder, regressor, decoder)
+            else:
+                model = MAE(num_voxels, encoder, decoder)
+        if model.encoder.model_args["num_voxels"] != num_voxels:
             raise ValueError(
-                f"{encoder_ckpt}: the encoder was trained on {stage1['num_voxels']} padded voxels, the data has "
-                f"{num_voxels}; use the same subjects and patch size as stage 1"
+                f"{encoder_ckpt}: the encoder was trained on {model.encoder.model_args['num_voxels']} padded "
+                f"voxels, the data has {num_voxels}; use the same subjects and patch size as stage 1"
             )
         self.save_hyperparameters()
-        self.hparams.stage1 = stage1
+        self.hparams.stage1 = model_entry(model)  # a resumed run rebuilds the same architecture
         self.aligner = FMRIAligner.from_pretrained(model, clip_tokens, clip_dim, embed_rank)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
         # training-set means of the CLIP targets, set in setup() from the feature cache; saved with the model
@@ -104,6 +110,8 @@ class FCAEAlign(RankSeededModule):
         self.strict_loading = False  # checkpoints leave the frozen CLIP out
         self.contrastive = ClipLoss()
         self.identification = nn.ModuleDict()  # filled in setup(), per split x subject x ways
+
+    recorded_models = ("aligner",)
 
     def setup(self, stage: str) -> None:
         """Identification is per subject: NSD's shared test images recur across subjects, and an identical
@@ -235,20 +243,7 @@ class FCAEAlign(RankSeededModule):
         return adamw_warmup_cosine(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("clip.")
         }
-
-
-def load_aligned(path: str) -> FMRIAligner:
-    """The stage-2 fMRI model (encoder, regressor, token mapper) from a FCAEAlign checkpoint, on CPU.
-
-    Needs neither the stage-1 checkpoint nor CLIP: the architecture is recorded in the checkpoint.
-    """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    # LightningCLI adds private keys (``_class_path``, ``_instantiator``) to the hyper-parameters
-    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
-    hparams |= {"live_clip_model": None, "encoder_ckpt": None}
-    module = FCAEAlign(**hparams)
-    module.load_state_dict(checkpoint["state_dict"], strict=False)
-    return module.aligner

@@ -34,7 +34,6 @@ class ClipPretrain(RankSeededModule):
     ``val/loss``. Needs ``data.with_images: true``.
 
     Args:
-        num_voxels: ignored; accepted because the CLI links ``data.num_voxels`` into every model.
         architecture: open_clip config to train (``fcae-clip-small``; ``fcae-clip-tiny`` for tests).
         lr / min_lr / warmup_fraction: linear warmup then cosine decay, per step.
         weight_decay: AdamW weight decay (not on norms, biases, class embedding, logit scale).
@@ -45,7 +44,6 @@ class ClipPretrain(RankSeededModule):
 
     def __init__(
         self,
-        num_voxels: int = 0,
         architecture: str = "fcae-clip-small",
         lr: float = 5e-4,
         min_lr: float = 1e-5,

@@ -16,14 +16,19 @@ reads; a CompVis LDM has none, and fine-tuning starts a fresh one.
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..data.shards import sha256_file
 from ..models.align import FMRIAligner
 from ..models.condition import ClipCondition
+from ..models.factory import load_fmri_aligner, load_model
 from ..models.ldm import (
     LDMConfigName,
     add_time_conditioning,
@@ -35,28 +40,15 @@ from ..models.ldm import (
 )
 from ..models.sizes import model_size
 from ..models.vit import FMRIEncoder
-from ..sampling import sample_images
+from ..sampling import sample_conditioned
+from .chain import STAGE2_WRITER, require_checkpoint
 from .optim import adamw_warmup_cosine
-from .pretrain import STAGE2_WRITER, ModelSize, load_pretrained, require_checkpoint
+from .pretrain import ModelSize
+from .records import RecordsModels
 from .seeding import RankSeededModule
 
 
-def load_fmri_encoder(path: str) -> FMRIEncoder:
-    """The fMRI encoder of a stage-2 (FCAEAlign) or stage-1 (FCAEPretrain / MAEPretrain / DCMAEPretrain)
-    checkpoint, on CPU.
-
-    Stage 2 is the paper's chain; a stage-1 checkpoint gives the MinD-Vis (MAEPretrain) or vis-dec
-    (DCMAEPretrain) baseline (no alignment).
-    """
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    if "stage1" in hparams:  # FCAEAlign records its stage-1 architecture
-        from .align import load_aligned  # imports open_clip
-
-        return load_aligned(path).encoder
-    return load_pretrained(path).encoder
-
-
-def load_fmri_aligner(
+def stage3_aligner(
     path: str, clip_tokens: int, clip_dim: int, embed_rank: int = 8, pinned: bool = True
 ) -> FMRIAligner:
     """The fMRI side of stage 3 from a stage-2 or stage-1 checkpoint, on CPU: encoder + token map onto a
@@ -66,20 +58,39 @@ def load_fmri_aligner(
     when it is ``pinned`` (by an LDM pretrained on that CLIP). A stage-1 encoder (MinD-Vis, vis-dec,
     Table 3's F row) gets a new, randomly initialised token map that stage 3 trains.
     """
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    if "stage1" not in hparams:
-        return FMRIAligner(load_pretrained(path).encoder, None, clip_tokens, clip_dim, embed_rank)
-    from .align import load_aligned  # imports open_clip
-
-    aligner = load_aligned(path)
-    grid = (hparams["clip_tokens"], hparams["clip_dim"])
+    aligner = load_fmri_aligner(path)
+    if aligner is None:  # stage 1
+        return FMRIAligner(load_model(path, "model").encoder, None, clip_tokens, clip_dim, embed_rank)
+    grid = token_grid(aligner)
     if pinned and grid != (clip_tokens, clip_dim):
         raise ValueError(
             f"{path} aligns the fMRI encoder to {grid[0]} x {grid[1]} CLIP tokens, the LDM's condition takes "
             f"{clip_tokens} x {clip_dim}: stage 2 and the LDM must use the same CLIP model"
         )
-    aligner.regressor = None
+    aligner.regressor = None  # stage 3 encodes every patch (model_args follow: None recorded)
     return aligner
+
+
+def ldm_reference(path: str | Path) -> dict:
+    """``{path, sha256}`` of an LDM folder: the sha256 of its files' names and sha256s, so a checkpoint
+    that leaves the frozen weights to the folder can tell whether it still holds the same ones."""
+    root = Path(path).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    listing = "\n".join(f"{p.relative_to(root).as_posix()} {sha256_file(p)}" for p in files)
+    return {"path": str(root), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def fmri_preprocessing(stats: dict, num_voxels: int) -> dict:
+    """The data's per-subject z-scoring (training statistics) and the padded length, as tensors: what a
+    reconstruction pipeline needs to take a subject's raw voxels."""
+    subjects = {
+        name: {
+            "mean": torch.as_tensor(mean, dtype=torch.float32),
+            "std": torch.as_tensor(std, dtype=torch.float32),
+        }
+        for name, (mean, std) in stats.items()
+    }
+    return {"num_voxels": num_voxels, "subjects": subjects}
 
 
 def token_grid(aligner: FMRIAligner) -> tuple[int, int]:
@@ -110,7 +121,7 @@ def diffusion_loss(
     return F.mse_loss(unet(noisy, t, **cond).sample.float(), target.float())
 
 
-class LDMFinetune(RankSeededModule):
+class LDMFinetune(RecordsModels, RankSeededModule):
     """The paper's stage 3: ``E || eps - eps_theta(z_t, t, tau(fMRI)) ||^2`` with tau = fMRI encoder + token
     map (:class:`FMRIAligner`) + condition encoder (:class:`ClipCondition`).
 
@@ -119,12 +130,19 @@ class LDMFinetune(RankSeededModule):
     (:func:`freeze_for_finetuning`). Frozen: the VQ autoencoder (kept in eval mode) and all other UNet
     weights.
 
+    Checkpoints hold what trains, not the frozen weights again: with a ``pretrained_ldm`` they record
+    that folder (path, path relative to the checkpoint folder, content sha256) under ``checkpoint["ldm"]``
+    and leave its frozen UNet and VQ weights out (at paper size ~3 GB less per checkpoint). They also
+    record the models (``models/factory.py``) and the data's per-subject normalisation
+    (``checkpoint["fmri_preprocessing"]``), so that the reconstruction pipeline
+    (:mod:`lightning_fcae.reconstruction_pipeline`) rebuilds everything from the checkpoint and the LDM.
+
     Args:
         num_voxels: padded voxel count (linked from the DataModule by the CLI).
         pretrained_ldm: diffusers LDM directory (:func:`load_ldm`); None builds a random ``ldm_config``
             (tests only: fine-tuning a random UNet's cross-attention is not the method).
         encoder_ckpt: stage-2 (aligned: its token map comes along) or stage-1 checkpoint (a new token map)
-            (:func:`load_fmri_aligner`); None builds a fresh encoder of size ``encoder_size``.
+            (:func:`stage3_aligner`); None builds a fresh encoder of size ``encoder_size``.
         clip_tokens / clip_dim: the CLIP token grid T x D (ViT-B-32: 50 x 512) when neither the LDM (one
             pretrained on CLIP features fixes it) nor a stage-2 checkpoint (its token map's) does.
         embed_rank: width of a new token map's per-patch readout (see ``TokenMapper``).
@@ -159,13 +177,14 @@ class LDMFinetune(RankSeededModule):
         super().__init__()
         self.save_hyperparameters()
         ldm = load_ldm(pretrained_ldm) if pretrained_ldm else build_ldm(ldm_config)
+        self.ldm_reference = None if not pretrained_ldm else ldm_reference(pretrained_ldm)
         # the CLIP grid: the LDM's when it was pretrained on CLIP features, else stage 2's, else the args
         pinned = ldm.condition is not None
         if pinned:
             clip_tokens, clip_dim = ldm.condition.config.clip_tokens, ldm.condition.config.clip_dim
         if encoder_ckpt:
             require_checkpoint(encoder_ckpt, "encoder_ckpt", STAGE2_WRITER)
-            self.aligner = load_fmri_aligner(encoder_ckpt, clip_tokens, clip_dim, embed_rank, pinned)
+            self.aligner = stage3_aligner(encoder_ckpt, clip_tokens, clip_dim, embed_rank, pinned)
         else:
             encoder = FMRIEncoder(num_voxels, model_size(encoder_size)[0])
             self.aligner = FMRIAligner(encoder, None, clip_tokens, clip_dim, embed_rank)
@@ -182,6 +201,49 @@ class LDMFinetune(RankSeededModule):
         self.trainable_unet_parameters = freeze_for_finetuning(self.unet)
         self.vq = ldm.vq.requires_grad_(False).eval()
         self.noise_scheduler = ldm.scheduler
+
+    recorded_models = ("aligner", "conditioner")
+
+    def frozen_keys(self) -> set[str]:
+        """State-dict keys of the frozen UNet and VQ weights (those a checkpoint leaves to the LDM folder)."""
+        trainable = {f"unet.{name}" for name in self.trainable_unet_parameters}
+        return {
+            k
+            for k in self.state_dict()
+            if k.startswith("vq.") or (k.startswith("unet.") and k not in trainable)
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        data = self.trainer.datamodule if self._trainer is not None else None
+        if data is not None and hasattr(data, "norm_stats"):
+            checkpoint["fmri_preprocessing"] = fmri_preprocessing(data.norm_stats(), self.hparams.num_voxels)
+        if self.ldm_reference is None:  # a random LDM (tests): nothing to point at, keep every weight
+            return
+        # where this file will lie: the checkpoint callback's folder (upgrade-checkpoint rewrites it)
+        callback = self._trainer and self.trainer.checkpoint_callback
+        root = Path(callback.dirpath) if callback and callback.dirpath else Path.cwd()
+        checkpoint["ldm"] = {
+            **self.ldm_reference,
+            "relative": os.path.relpath(self.ldm_reference["path"], root),
+        }
+        frozen = self.frozen_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming: the frozen weights come from the LDM folder this module was built from, which must
+        be the one the checkpoint was trained on."""
+        recorded = checkpoint.get("ldm")
+        if recorded is None:
+            return
+        if self.ldm_reference is None or recorded["sha256"] != self.ldm_reference["sha256"]:
+            raise ValueError(
+                f"this stage-3 checkpoint was trained on the LDM {recorded['path']} (sha256 "
+                f"{recorded['sha256'][:12]}), the run's pretrained_ldm is "
+                f"{self.ldm_reference and self.ldm_reference['path']}: resume with that LDM"
+            )
+        own = self.state_dict()
+        checkpoint["state_dict"] = {**{k: own[k] for k in self.frozen_keys()}, **checkpoint["state_dict"]}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -245,7 +307,7 @@ class LDMFinetune(RankSeededModule):
         )
 
     @torch.no_grad()
-    def reconstruct(
+    def sample(
         self,
         fmri: torch.Tensor,
         steps: int | None = None,
@@ -262,31 +324,23 @@ class LDMFinetune(RankSeededModule):
         """
         if isinstance(seed, int):
             generator = torch.Generator(self.device).manual_seed(seed)
-        elif len(seed) == len(fmri):  # rows are (b s): row b's generator repeated samples times
-            generators = [torch.Generator(self.device).manual_seed(s) for s in seed]
-            generator = [g for g in generators for _ in range(samples)]
         else:
-            raise ValueError(f"{len(seed)} seeds for {len(fmri)} fMRI samples")
-        tokens, pooled = self.condition(fmri)
-        tokens, pooled = tokens.repeat_interleave(samples, 0), pooled.repeat_interleave(samples, 0)
-        null_tokens, null_pooled = self.conditioner.null(len(tokens))
-        images = sample_images(
+            generator = [torch.Generator(self.device).manual_seed(s) for s in seed]
+        return sample_conditioned(
+            *self.condition(fmri),
+            self.conditioner,
             self.unet,
             self.vq,
             self.noise_scheduler.config,
-            tokens,
-            pooled,
-            null_tokens,
-            null_pooled,
+            samples=samples,
             steps=steps or self.hparams.sample_steps,
             guidance=self.hparams.guidance_scale if guidance is None else guidance,
             generator=generator,
             latent_size=self.latent_size,
         )
-        return rearrange(images, "(b s) c h w -> b s c h w", s=samples)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"key": batch["key"], "image": batch.get("image"), "recon": self.reconstruct(batch["fmri"])}
+        return {"key": batch["key"], "image": batch.get("image"), "recon": self.sample(batch["fmri"])}
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -42,7 +42,6 @@ class LDMPretrain(RankSeededModule):
     """The stand-in LDM, one ``part`` per run (see the module doc).
 
     Args:
-        num_voxels: ignored; accepted because the CLI links ``data.num_voxels`` into every model.
         part: ``vq`` (the autoencoder) or ``unet`` (the conditional UNet on the frozen VQ).
         ldm_config: named shape (:data:`~lightning_fcae.models.ldm.LDM_CONFIGS`).
         export_dir: the diffusers directory both parts write (``vqvae/``; then ``unet/``, ``scheduler/``,
@@ -57,7 +56,6 @@ class LDMPretrain(RankSeededModule):
 
     def __init__(
         self,
-        num_voxels: int = 0,
         part: LDMPart = "vq",
         ldm_config: LDMConfigName = "demo",
         export_dir: str | None = "checkpoints/ldm/synthetic-small",

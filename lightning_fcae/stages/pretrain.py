@@ -2,54 +2,79 @@
 
 The LightningModules only wire a plain model (``lightning_fcae.models``), its loss, the optimiser
 and logging. Their checkpoints are what stage 2 loads through its ``encoder_ckpt`` argument
-(:func:`load_pretrained`); ``fit --ckpt_path`` is for resuming the same stage only.
+(``models/factory.py`` rebuilds ``model`` from them); ``fit --ckpt_path`` is for resuming the same stage
+only.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..models import FCAE, MAE, DecoderConfig, EncoderConfig, RegressorConfig, fcae_loss, mae_loss, model_size
-from ..models.dcmae import DCMAE, ImageGuidance, image_reconstruction_loss, info_nce, local_contrast
-from ..models.vit import unpatchify
+from ..models.dcmae import DCMAE, DCMAELossWeights, ImageGuidance, dcmae_loss
+from ..models.factory import load_model
+from ..models.sizes import config_dicts, config_objects
+from .chain import DCMAE_PHASE1_WRITER, require_checkpoint
 from .optim import adamw_warmup_cosine
+from .records import RecordsModels
 from .seeding import RankSeededModule
 
 ModelSize = Literal["tiny", "small", "base", "large"]
 
 
-class MaskedPretrain(RankSeededModule):
-    """What the stage-1 modules share: schedule, logging, compile, the pooled embedding."""
+class MaskedPretrain(RecordsModels, RankSeededModule):
+    """What the stage-1 modules share: sizes, masking, the AdamW warmup + cosine schedule, compile, logging.
+
+    Subclasses add their own arguments and pass these on (``**kwargs``: LightningCLI lists them with each
+    subclass), build ``model`` and define :meth:`batch_losses` with their model's loss.
+
+    Args:
+        num_voxels: padded voxel count (linked from the DataModule by the CLI).
+        size: named size (``tiny``/``small``/``base``/``large``); ``encoder``/``decoder`` (and fCAE's
+            ``regressor``) override its parts.
+        mask_ratio: fraction of patches masked (paper: 0.75).
+        lr / min_lr / warmup_fraction: warmup then cosine (paper: 1.7e-3 -> 1e-4).
+        weight_decay: AdamW weight decay (paper: 0.05).
+        grad_checkpointing: recompute activations in backward (less memory, ~30% slower).
+        compile: ``torch.compile`` the model.
+    """
 
     model: FCAE | MAE | DCMAE
+    recorded_models = ("model",)
 
     def __init__(
         self,
-        lr: float,
-        min_lr: float,
-        warmup_fraction: float,
-        weight_decay: float,
-        mask_ratio: float,
-        compile: bool,
+        num_voxels: int,
+        size: ModelSize = "small",
+        encoder: EncoderConfig | None = None,
+        decoder: DecoderConfig | None = None,
+        mask_ratio: float = 0.75,
+        lr: float = 1.7e-3,
+        min_lr: float = 1e-4,
+        warmup_fraction: float = 0.05,
+        weight_decay: float = 0.05,
+        grad_checkpointing: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        # this class's and the subclass's arguments (Lightning collects every __init__ frame of the chain)
+        self.save_hyperparameters(ignore=["encoder", "regressor", "decoder"])
+        default_encoder, self.default_regressor, default_decoder = model_size(size)
+        self.encoder_config, self.decoder_config = encoder or default_encoder, decoder or default_decoder
+        self.hparams.update(config_dicts(encoder=self.encoder_config, decoder=self.decoder_config))
 
     def configure_model(self) -> None:
         if self.hparams.compile:
             self.model.compile()  # in place; a second call (fit then test) is a no-op recompile
 
-    def losses(self, fmri: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
     def batch_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The loss terms of a batch (``loss`` is the total); these modules read its voxels only."""
-        return self.losses(batch["fmri"])
+        """The loss terms of a batch (``loss`` is the total), from the model's own loss function."""
+        raise NotImplementedError
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.batch_losses(batch)
@@ -81,99 +106,77 @@ class MaskedPretrain(RankSeededModule):
         rank_zero_info(f"{type(self).__name__} parameters: {counts}")
 
 
-def _sizes(size: ModelSize, encoder, regressor, decoder):
-    default_encoder, default_regressor, default_decoder = model_size(size)
-    return encoder or default_encoder, regressor or default_regressor, decoder or default_decoder
-
-
 class FCAEPretrain(MaskedPretrain):
     """The paper's stage 1: ``CE(Y_m, discretised X_m) + lam * MSE(Z_m, sg[E(X_m)])``.
 
     Args:
         num_voxels: padded voxel count (linked from the DataModule by the CLI).
-        size: named size (``tiny``/``small``/``base``/``large``); ``encoder``/``regressor``/``decoder``
-            override its parts.
+        regressor: the latent context regressor's size (default: ``size``'s).
         lam: weight of the latent alignment loss (paper: 2).
-        mask_ratio: fraction of patches masked (paper: 0.75).
         target: ``ce`` (paper: discretised targets) or ``mse``.
         num_bins / clip: discretisation of z-scored voxels for ``ce``.
-        lr / min_lr / warmup_fraction: warmup then cosine (paper: 1.7e-3 -> 1e-4).
-        weight_decay: AdamW weight decay (paper: 0.05).
-        grad_checkpointing: recompute activations in backward (less memory, ~30% slower).
-        compile: ``torch.compile`` the model.
     """
 
     def __init__(
         self,
         num_voxels: int,
-        size: ModelSize = "small",
-        encoder: EncoderConfig | None = None,
         regressor: RegressorConfig | None = None,
-        decoder: DecoderConfig | None = None,
         lam: float = 2.0,
-        mask_ratio: float = 0.75,
         target: Literal["ce", "mse"] = "ce",
         num_bins: int = 32,
         clip: float = 3.0,
-        lr: float = 1.7e-3,
-        min_lr: float = 1e-4,
-        warmup_fraction: float = 0.05,
-        weight_decay: float = 0.05,
-        grad_checkpointing: bool = False,
-        compile: bool = False,
+        **kwargs,
     ):
-        super().__init__(lr, min_lr, warmup_fraction, weight_decay, mask_ratio, compile)
-        encoder, regressor, decoder = _sizes(size, encoder, regressor, decoder)
-        self.save_hyperparameters(ignore=["encoder", "regressor", "decoder"])
-        # resolved sizes as plain dicts: checkpoints then load with torch.load(weights_only=True)
-        self.hparams.update(encoder=vars(encoder), regressor=vars(regressor), decoder=vars(decoder))
-        self.model = FCAE(num_voxels, encoder, regressor, decoder, num_bins, clip, target, grad_checkpointing)
+        super().__init__(num_voxels, **kwargs)
+        regressor = regressor or self.default_regressor
+        self.hparams.update(config_dicts(regressor=regressor))
+        self.model = FCAE(
+            num_voxels,
+            self.encoder_config,
+            regressor,
+            self.decoder_config,
+            num_bins,
+            clip,
+            target,
+            self.hparams.grad_checkpointing,
+        )
 
-    def losses(self, fmri: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model(fmri, self.hparams.mask_ratio)
+    def batch_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        out = self.model(batch["fmri"], self.hparams.mask_ratio)
         return fcae_loss(out, self.model.discretizer, self.hparams.lam)
 
 
 class MAEPretrain(MaskedPretrain):
-    """The MinD-Vis (SC-MBM) baseline: MSE on masked patches, no regressor. Same arguments as
-    FCAEPretrain where they apply."""
-
-    def __init__(
-        self,
-        num_voxels: int,
-        size: ModelSize = "small",
-        encoder: EncoderConfig | None = None,
-        decoder: DecoderConfig | None = None,
-        mask_ratio: float = 0.75,
-        norm_pix_loss: bool = False,
-        lr: float = 1.7e-3,
-        min_lr: float = 1e-4,
-        warmup_fraction: float = 0.05,
-        weight_decay: float = 0.05,
-        grad_checkpointing: bool = False,
-        compile: bool = False,
-    ):
-        super().__init__(lr, min_lr, warmup_fraction, weight_decay, mask_ratio, compile)
-        encoder, _, decoder = _sizes(size, encoder, None, decoder)
-        self.save_hyperparameters(ignore=["encoder", "decoder"])
-        self.hparams.update(encoder=vars(encoder), decoder=vars(decoder))
-        self.model = MAE(num_voxels, encoder, decoder, norm_pix_loss, grad_checkpointing)
-
-    def losses(self, fmri: torch.Tensor) -> dict[str, torch.Tensor]:
-        return mae_loss(self.model(fmri, self.hparams.mask_ratio))
-
-
-class DCMAEPretrain(MaskedPretrain):
-    """The vis-dec baseline (Sun et al. 2023): the Double-contrastive MAE, and with ``image_guided`` its
-    phase 2, where the MAE exchanges cross-attention with frozen image tokens (models/dcmae.py).
-
-    ``loss = rec_weight * MSE(masked patches) + self_contrast_weight * InfoNCE(pred_1, x)
-    + cross_contrast_weight * InfoNCE(pred_1, pred_2) [+ image_recon_weight * MSE(masked image tokens)]``.
-    Under DDP the contrastive keys are gathered from every rank in training (open_clip ClipLoss,
-    ``local_loss=True, gather_with_grad=True``); validation contrasts within the local batch.
+    """The MinD-Vis (SC-MBM) baseline: MSE on masked patches, no regressor.
 
     Args:
-        num_voxels / size / encoder / decoder / mask_ratio / norm_pix_loss: as MAEPretrain.
+        num_voxels: padded voxel count (linked from the DataModule by the CLI).
+        norm_pix_loss: normalise each target patch by its own mean/std (MAE's option).
+    """
+
+    def __init__(self, num_voxels: int, norm_pix_loss: bool = False, **kwargs):
+        super().__init__(num_voxels, **kwargs)
+        self.model = self.build_model()
+
+    def build_model(self) -> MAE:
+        hp = self.hparams
+        return MAE(
+            hp.num_voxels, self.encoder_config, self.decoder_config, hp.norm_pix_loss, hp.grad_checkpointing
+        )
+
+    def batch_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        return mae_loss(self.model(batch["fmri"], self.hparams.mask_ratio))
+
+
+class DCMAEPretrain(MAEPretrain):
+    """The vis-dec baseline (Sun et al. 2023): the Double-contrastive MAE, and with ``image_guided`` its
+    phase 2, where the MAE exchanges cross-attention with frozen image tokens (models/dcmae.py; the loss
+    is :func:`~lightning_fcae.models.dcmae.dcmae_loss`). Under DDP the contrastive keys are gathered from
+    every rank in training (open_clip ClipLoss, ``local_loss=True, gather_with_grad=True``); validation
+    contrasts within the local batch.
+
+    Args:
+        num_voxels: padded voxel count (linked from the DataModule by the CLI).
         rec_weight: weight of the masked-patch MSE (vis-dec: 1 in phase 1, 0.25 in phase 2).
         self_contrast_weight / cross_contrast_weight: InfoNCE of the first reconstruction against the
             input / against the reconstruction of a second random masking (vis-dec: 1 and 0.5);
@@ -187,17 +190,11 @@ class DCMAEPretrain(MaskedPretrain):
         image_decoder_depth: blocks of the image-token decoder (vis-dec: 6); None: the decoder's depth.
         image_mask_ratio: fraction of image tokens masked (vis-dec: 0.5).
         image_recon_weight: weight of the masked image-token MSE (vis-dec: 1.5); 0 drops the image side.
-        lr / min_lr / warmup_fraction / weight_decay / grad_checkpointing / compile: as MAEPretrain.
     """
 
     def __init__(
         self,
         num_voxels: int,
-        size: ModelSize = "small",
-        encoder: EncoderConfig | None = None,
-        decoder: DecoderConfig | None = None,
-        mask_ratio: float = 0.75,
-        norm_pix_loss: bool = False,
         rec_weight: float = 1.0,
         self_contrast_weight: float = 1.0,
         cross_contrast_weight: float = 0.5,
@@ -210,51 +207,58 @@ class DCMAEPretrain(MaskedPretrain):
         image_decoder_depth: int | None = None,
         image_mask_ratio: float = 0.5,
         image_recon_weight: float = 1.5,
-        lr: float = 1.7e-3,
-        min_lr: float = 1e-4,
-        warmup_fraction: float = 0.05,
-        weight_decay: float = 0.05,
-        grad_checkpointing: bool = False,
-        compile: bool = False,
+        **kwargs,
     ):
-        super().__init__(lr, min_lr, warmup_fraction, weight_decay, mask_ratio, compile)
-        weights = (rec_weight, self_contrast_weight, cross_contrast_weight, image_recon_weight)
-        if min(weights) < 0 or temperature <= 0:
+        weights = DCMAELossWeights(
+            rec_weight, self_contrast_weight, cross_contrast_weight, image_recon_weight
+        )
+        if min(vars(weights).values()) < 0 or temperature <= 0:
             raise ValueError(f"loss weights must be >= 0 and temperature > 0, got {weights}, {temperature}")
         if image_guided and not 0.0 < image_mask_ratio < 1.0:
             raise ValueError(f"image_mask_ratio must be in (0, 1), got {image_mask_ratio}")
+        source = None
         if init_ckpt is not None:
             require_checkpoint(init_ckpt, "init_ckpt", DCMAE_PHASE1_WRITER)
-            source = stage1_hparams(init_ckpt)
-            if source["kind"] not in ("mae", "dcmae") or source["num_voxels"] != num_voxels:
+            source = load_model(init_ckpt, "model")
+            if not isinstance(source, MAE) or source.model_args["num_voxels"] != num_voxels:
                 raise ValueError(
                     f"{init_ckpt}: init_ckpt must be a MAEPretrain/DCMAEPretrain checkpoint on the same "
-                    f"{num_voxels} padded voxels (it is {source['kind']} on {source['num_voxels']})"
+                    f"{num_voxels} padded voxels (it is {type(source).__name__} on "
+                    f"{source.model_args['num_voxels']})"
                 )
-            encoder, decoder = EncoderConfig(**source["encoder"]), DecoderConfig(**source["decoder"])
-        encoder, _, decoder = _sizes(size, encoder, None, decoder)
-        self.save_hyperparameters(ignore=["encoder", "decoder"])
-        self.hparams.update(encoder=vars(encoder), decoder=vars(decoder))
-        guidance = None
-        if image_guided:
-            guidance = ImageGuidance(
-                encoder,
-                decoder,
-                clip_tokens,
-                clip_dim,
-                cross_depth,
-                decoder.depth if image_decoder_depth is None else image_decoder_depth,
-                image_side=image_recon_weight > 0,
-                grad_checkpointing=grad_checkpointing,
-            )
-        self.model = DCMAE(num_voxels, encoder, decoder, norm_pix_loss, grad_checkpointing, guidance)
-        if init_ckpt is not None:
-            self._load_initial(init_ckpt)
+            kwargs |= config_objects({k: source.model_args[k] for k in ("encoder", "decoder")})
+        super().__init__(num_voxels, **kwargs)
+        if source is not None:
+            self._load_initial(source, init_ckpt)
         self.contrast = None  # ClipLoss, set in setup() for the trainer's world size
 
-    def _load_initial(self, path: str) -> None:
-        """Everything but the guidance modules must come from ``path``."""
-        missing, unexpected = self.model.load_state_dict(load_pretrained(path).state_dict(), strict=False)
+    @property
+    def weights(self) -> DCMAELossWeights:
+        hp = self.hparams
+        return DCMAELossWeights(
+            hp.rec_weight, hp.self_contrast_weight, hp.cross_contrast_weight, hp.image_recon_weight
+        )
+
+    def build_model(self) -> DCMAE:
+        hp = self.hparams
+        guidance = None
+        if hp.image_guided:
+            guidance = ImageGuidance(
+                self.encoder_config,
+                self.decoder_config,
+                hp.clip_tokens,
+                hp.clip_dim,
+                hp.cross_depth,
+                self.decoder_config.depth if hp.image_decoder_depth is None else hp.image_decoder_depth,
+                image_side=hp.image_recon_weight > 0,
+                grad_checkpointing=hp.grad_checkpointing,
+            )
+        args = (self.encoder_config, self.decoder_config, hp.norm_pix_loss, hp.grad_checkpointing, guidance)
+        return DCMAE(hp.num_voxels, *args)
+
+    def _load_initial(self, source: MAE, path: str) -> None:
+        """Everything but the guidance modules must come from ``source`` (the model of ``path``)."""
+        missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=False)
         missing = [k for k in missing if not k.startswith("guidance.")]
         unexpected = [k for k in unexpected if not k.startswith("guidance.")]
         if missing or unexpected:
@@ -287,89 +291,16 @@ class DCMAEPretrain(MaskedPretrain):
         return tokens
 
     def batch_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        hp, fmri, tokens = self.hparams, batch["fmri"], self.image_tokens(batch)
-        contrast = None
-        if hp.self_contrast_weight > 0 or hp.cross_contrast_weight > 0:
-            # training gathers keys across ranks; evaluation stays within the local batch
-            contrast = self.contrast if self.training and self.contrast is not None else local_contrast()
-        first = self.model(fmri, hp.mask_ratio, image_tokens=tokens)
-        terms = {"rec": mae_loss(first)["rec"]}
-        weighted = {"rec": hp.rec_weight}
-        query = unpatchify(first.pred)  # b V
-        if hp.self_contrast_weight > 0:
-            terms["self_contrast"] = info_nce(query, unpatchify(first.target), hp.temperature, contrast)
-            weighted["self_contrast"] = hp.self_contrast_weight
-        if hp.cross_contrast_weight > 0:
-            second = self.model(fmri, hp.mask_ratio, image_tokens=tokens)  # an independent masking
-            terms["cross_contrast"] = info_nce(query, unpatchify(second.pred), hp.temperature, contrast)
-            weighted["cross_contrast"] = hp.cross_contrast_weight
-        if tokens is not None and hp.image_recon_weight > 0:
-            fmri_latent = self.model.encoder(fmri)  # every patch, no image: vis-dec's "fmri support"
-            image = self.model.guidance.reconstruct_image(tokens, fmri_latent, hp.image_mask_ratio)
-            terms["image_rec"] = image_reconstruction_loss(image)
-            weighted["image_rec"] = hp.image_recon_weight
-        terms["loss"] = sum(weighted[k] * terms[k] for k in weighted)
-        return terms
-
-    def losses(self, fmri: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.batch_losses({"fmri": fmri})
-
-
-STAGE1 = {"fcae": FCAEPretrain, "mae": MAEPretrain, "dcmae": DCMAEPretrain}
-
-
-def require_checkpoint(path: str, argument: str, written_by: str) -> None:
-    """An earlier stage's checkpoint that is not there is a step left out, not a torch.load traceback:
-    say which stage writes it and with what command (``written_by``)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"{argument} {path} does not exist: run {written_by} first, or point {argument} at the "
-            "checkpoint you trained (lightning-fcae pipeline chains every stage for you)"
+        hp = self.hparams
+        # training gathers keys across ranks; evaluation stays within the local batch
+        contrast = self.contrast if self.training else None
+        return dcmae_loss(
+            self.model,
+            batch["fmri"],
+            hp.mask_ratio,
+            self.weights,
+            hp.temperature,
+            self.image_tokens(batch),
+            hp.image_mask_ratio,
+            contrast,
         )
-
-
-# what writes each stage's checkpoint by default (the paths the next stage's config reads)
-STAGE1_WRITER = (
-    "stage 1 (`lightning fit --config configs/stage1_fcae.yaml` writes checkpoints/stage1_fcae/last.ckpt; "
-    "stage1_mae.yaml / stage1_dcmae.yaml write checkpoints/stage1_mae|stage1_dcmae/last.ckpt)"
-)
-STAGE2_WRITER = (
-    "stage 2 (`lightning fit --config configs/stage2_align.yaml` writes checkpoints/stage2_align/last.ckpt, "
-    "after stage 1)"
-)
-DCMAE_PHASE1_WRITER = (
-    "vis-dec's phase 1 (`lightning fit --config configs/stage1_dcmae.yaml` writes "
-    "checkpoints/stage1_dcmae/last.ckpt)"
-)
-
-
-def stage1_hparams(path: str) -> dict:
-    """The hyper-parameters of a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint, with ``kind``
-    ("fcae"/"mae"/"dcmae")."""
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    if "encoder" not in hparams or "num_voxels" not in hparams:
-        raise ValueError(
-            f"{path} is not a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint (no encoder hyper-parameters)"
-        )
-    kind = "fcae" if "regressor" in hparams else "dcmae" if "self_contrast_weight" in hparams else "mae"
-    return {**hparams, "kind": kind}
-
-
-def build_stage1(hparams: dict) -> FCAE | MAE | DCMAE:
-    """A randomly initialised stage-1 model from :func:`stage1_hparams` (or ``{kind, num_voxels, size}``)."""
-    config_types = {"encoder": EncoderConfig, "regressor": RegressorConfig, "decoder": DecoderConfig}
-    # LightningCLI adds private keys (``_class_path``, ``_instantiator``) to the hyper-parameters
-    args = {k: v for k, v in hparams.items() if k != "kind" and not k.startswith("_")}
-    args.update({k: cls(**args[k]) for k, cls in config_types.items() if isinstance(args.get(k), dict)})
-    if hparams["kind"] == "dcmae":
-        args["init_ckpt"] = None  # the architecture is recorded; the weights come with the caller's state
-    return STAGE1[hparams["kind"]](**args).model
-
-
-def load_pretrained(path: str) -> FCAE | MAE | DCMAE:
-    """The stage-1 model (fCAE, MAE or DC-MAE) from a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint,
-    on CPU."""
-    model = build_stage1(stage1_hparams(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    return model

@@ -1,0 +1,83 @@
+"""The fMRI side of a reconstruction pipeline as a diffusers model: raw voxels -> CLIP-space tokens.
+
+A diffusers ``ModelMixin`` so that ``FMRIReconstructionPipeline.save_pretrained`` writes it as a folder of
+safetensors + ``config.json`` that loads with no training code and no pickle::
+
+    raw voxels of subject s   b n_s   -> (x - mean_s) / std_s, zero-padded to V   b V
+                                      -> FMRIAligner (encoder + token map)        b T D
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from .align import FMRIAligner
+
+SUBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class FMRIConditionEncoder(ModelMixin, ConfigMixin):
+    """``FMRIAligner`` plus each subject's voxel z-scoring (the training split's statistics).
+
+    Args:
+        aligner_args: :attr:`FMRIAligner.model_args` (encoder, token map; no regressor at inference).
+        subject_voxels: voxel count per subject whose statistics are held; empty: inputs must come z-scored
+            and padded already (as the DataModule delivers them).
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, aligner_args: dict, subject_voxels: dict[str, int] | None = None):
+        super().__init__()
+        self.aligner = FMRIAligner.from_model_args(aligner_args)
+        self.norm = nn.Module()  # buffers <subject>_mean / <subject>_std, [n_s] each
+        for name, count in (subject_voxels or {}).items():
+            if not SUBJECT_NAME.match(name):
+                raise ValueError(f"subject name {name!r} must be letters, digits and underscores")
+            self.norm.register_buffer(f"{name}_mean", torch.zeros(count))
+            self.norm.register_buffer(f"{name}_std", torch.ones(count))
+
+    @property
+    def num_voxels(self) -> int:
+        """The padded input length V the encoder takes."""
+        return self.aligner.encoder.num_patches * self.aligner.encoder.patch_size
+
+    def preprocess(self, fmri: torch.Tensor, subject: str | None) -> torch.Tensor:
+        """``[b, n_s]`` raw voxels of ``subject`` -> ``[b, V]`` z-scored and zero-padded; with ``subject``
+        None the input must already be ``[b, V]`` z-scored (the DataModule's ``fmri``)."""
+        if subject is None:
+            if fmri.shape[-1] > self.num_voxels:
+                raise ValueError(f"fMRI of {fmri.shape[-1]} voxels; the encoder takes {self.num_voxels}")
+            return F.pad(fmri, (0, self.num_voxels - fmri.shape[-1]))
+        subjects = self.config.subject_voxels or {}
+        if subject not in subjects:
+            raise ValueError(
+                f"no normalisation for subject {subject!r} (this pipeline holds {sorted(subjects) or 'none'}); "
+                "pass subject=None with fMRI z-scored and padded as the DataModule delivers it"
+            )
+        if fmri.shape[-1] != subjects[subject]:
+            raise ValueError(f"{subject} has {subjects[subject]} voxels, the fMRI given has {fmri.shape[-1]}")
+        mean, std = getattr(self.norm, f"{subject}_mean"), getattr(self.norm, f"{subject}_std")
+        return F.pad((fmri.to(mean) - mean) / std, (0, self.num_voxels - fmri.shape[-1]))
+
+    def forward(self, fmri: torch.Tensor, subject: str | None = None) -> torch.Tensor:
+        """``[b, n]`` fMRI -> CLIP-space tokens ``[b, T, D]`` (all patches visible)."""
+        return self.aligner(self.preprocess(fmri, subject).to(self.dtype))
+
+    @classmethod
+    def from_aligner(cls, aligner: FMRIAligner, preprocessing: dict | None) -> FMRIConditionEncoder:
+        """Wrap a trained aligner (weights copied) and a stage-3 checkpoint's ``fmri_preprocessing``."""
+        stats = (preprocessing or {}).get("subjects", {})
+        model = cls(aligner.model_args, {name: len(s["mean"]) for name, s in stats.items()})
+        model.aligner.load_state_dict(aligner.state_dict(), strict=True)
+        for name, s in stats.items():
+            getattr(model.norm, f"{name}_mean").copy_(s["mean"])
+            getattr(model.norm, f"{name}_std").copy_(s["std"])
+        return model

@@ -1,0 +1,159 @@
+"""Self-describing checkpoints, the reconstruction pipeline API, and checkpoint upgrades (issue 13)."""
+
+from __future__ import annotations
+
+import shutil
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_fcae.models.factory import LegacyCheckpointError, load_model
+from lightning_fcae.models.ldm import build_ldm, save_ldm
+from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline, MissingLDMError
+from lightning_fcae.stages import FCAEPretrain
+from lightning_fcae.stages.diffusion import LDMFinetune
+from lightning_fcae.stages.upgrade import main as upgrade_main
+from tests.test_reconstruct import V, _datamodule, _textured_dataset, _trainer
+
+
+def _images(pipe, fmri, subject=None, seed=3):
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(fmri))]
+    return pipe(fmri, subject, num_inference_steps=2, generator=generators, output_type="pt")
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A run folder: a tiny frozen LDM inside it and a stage-3 checkpoint fine-tuned from it."""
+    root = tmp_path_factory.mktemp("run")
+    data = _textured_dataset(root / "data")
+    L.seed_everything(0)
+    ldm = save_ldm(build_ldm("tiny"), root / "run" / "ldm")
+    module = LDMFinetune(V, pretrained_ldm=str(ldm), clip_tokens=5, clip_dim=16, lr=1e-3, sample_steps=2)
+    callback = ModelCheckpoint(dirpath=root / "run" / "stage3" / "checkpoints", save_last=True)
+    trainer = _trainer(
+        root, max_steps=2, limit_val_batches=0, enable_checkpointing=True, callbacks=[callback]
+    )
+    trainer.fit(module, _datamodule(data))
+    return data, root / "run", module
+
+
+def test_stage3_checkpoint_holds_what_trains_and_names_its_ldm(run_folder):
+    _, run, module = run_folder
+    checkpoint = torch.load(run / "stage3/checkpoints/last.ckpt", weights_only=True)
+    state = checkpoint["state_dict"]
+    assert not any(k.startswith("vq.") for k in state)
+    assert {k.removeprefix("unet.") for k in state if k.startswith("unet.")} == set(
+        module.trainable_unet_parameters
+    )
+    assert checkpoint["ldm"]["relative"] == "../../ldm"
+    assert set(checkpoint["models"]) == {"aligner", "conditioner"}
+    assert set(checkpoint["fmri_preprocessing"]["subjects"]) == {"subj01", "subj02"}
+
+
+def test_a_copied_run_folder_reconstructs_the_same_images(run_folder, tmp_path):
+    data, run, module = run_folder
+    fmri = torch.randn(2, V, generator=torch.Generator().manual_seed(0))
+    module.eval()
+    expected = module.sample(fmri, steps=2, seed=[3, 4])
+    copy = shutil.copytree(run, tmp_path / "elsewhere")
+    moved = tmp_path / "moved-away"
+    shutil.move(str(run), moved)  # the original is gone: only recorded relative paths can work
+    try:
+        pipe = FMRIReconstructionPipeline.from_pretrained(copy)
+        assert torch.allclose(_images(pipe, fmri), expected, atol=1e-6)
+        shutil.rmtree(copy / "ldm")
+        with pytest.raises(MissingLDMError, match="--ldm"):
+            FMRIReconstructionPipeline.from_pretrained(copy)
+        pipe = FMRIReconstructionPipeline.from_pretrained(copy, ldm=moved / "ldm")
+        assert torch.allclose(_images(pipe, fmri), expected, atol=1e-6)
+    finally:
+        shutil.move(str(moved), run)
+
+
+def test_pipeline_round_trips_and_normalises_raw_voxels(run_folder, tmp_path):
+    data, run, _ = run_folder
+    pipe = FMRIReconstructionPipeline.from_pretrained(run)
+    pipe.save_pretrained(tmp_path / "exported")
+    assert not list((tmp_path / "exported").rglob("*.ckpt")) and list(
+        (tmp_path / "exported").rglob("*.safetensors")
+    )
+    loaded = FMRIReconstructionPipeline.from_pretrained(tmp_path / "exported")
+    fmri = torch.randn(2, V, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_images(pipe, fmri), _images(loaded, fmri))
+    # a subject's raw voxels are z-scored with the training statistics, as the DataModule does
+    mean, std = _datamodule(data).norm_stats()["subj01"]
+    raw = torch.randn(2, len(mean), generator=torch.Generator().manual_seed(2))
+    zscored = (raw - torch.as_tensor(mean)) / torch.as_tensor(std)
+    assert torch.allclose(_images(loaded, raw, "subj01"), _images(loaded, zscored.float()), atol=1e-5)
+    with pytest.raises(ValueError, match="subj01 has"):
+        loaded(raw[:, :-1], "subj01")
+    images = loaded(raw[:1], "subj01", num_inference_steps=2)
+    assert len(images) == 1 and images[0].size == (pipe.image_size, pipe.image_size)
+    # the encoder alone, from the export or the checkpoint (the README's API)
+    from lightning_fcae import load_fmri_encoder
+
+    for source in (tmp_path / "exported", run / "stage3/checkpoints/last.ckpt"):
+        encoder = load_fmri_encoder(source)
+        assert torch.equal(encoder(fmri), pipe.fmri_encoder.aligner.encoder(fmri)), source
+
+
+def test_stage3_resumes_from_a_checkpoint_without_the_frozen_weights(run_folder, tmp_path):
+    data, run, module = run_folder
+    ldm = run / "ldm"
+    resumed = LDMFinetune(V, pretrained_ldm=str(ldm), clip_tokens=5, clip_dim=16, lr=1e-3, sample_steps=2)
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    trainer.fit(resumed, _datamodule(data), ckpt_path=run / "stage3/checkpoints/last.ckpt")
+    assert trainer.global_step == 3
+    frozen = module.frozen_keys()
+    own = resumed.state_dict()
+    assert all(torch.equal(own[k], module.state_dict()[k]) for k in frozen)
+    other = tmp_path / "other-ldm"
+    save_ldm(build_ldm("tiny"), other)  # another random LDM: not what the checkpoint was trained on
+    wrong = LDMFinetune(V, pretrained_ldm=str(other), clip_tokens=5, clip_dim=16)
+    with pytest.raises(ValueError, match="resume with that LDM"):
+        _trainer(tmp_path, max_steps=4).fit(
+            wrong, _datamodule(data), ckpt_path=run / "stage3/checkpoints/last.ckpt"
+        )
+
+
+def test_legacy_checkpoint_names_the_upgrade_and_upgrade_makes_it_load(run_folder, tmp_path, capsys):
+    data, _, _ = run_folder
+    module = FCAEPretrain(V, size="tiny")
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, _datamodule(data))
+    path = tmp_path / "stage1.ckpt"
+    trainer.save_checkpoint(path)
+    legacy = torch.load(path, weights_only=True)
+    del legacy["models"]
+    torch.save(legacy, path)
+    with pytest.raises(LegacyCheckpointError, match="upgrade-checkpoint"):
+        load_model(path)
+    assert upgrade_main([str(path)]) == 0
+    assert "upgraded" in capsys.readouterr().out and (tmp_path / "stage1.ckpt.bak").is_file()
+    model = load_model(path, "model")
+    assert all(torch.equal(v, module.model.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_legacy_stage3_checkpoint_upgrades_to_a_slim_one(run_folder, tmp_path):
+    _, run, module = run_folder
+    checkpoint = torch.load(run / "stage3/checkpoints/last.ckpt", weights_only=True)
+    for key in ("models", "ldm", "fmri_preprocessing"):  # as written before 2026-12-02: every weight
+        del checkpoint[key]
+    checkpoint["state_dict"] = module.state_dict()
+    path = run / "stage3/checkpoints/legacy.ckpt"
+    torch.save(checkpoint, path)
+    try:
+        assert upgrade_main([str(path)]) == 0
+        upgraded = torch.load(path, weights_only=True)
+        assert upgraded["ldm"]["relative"] == "../../ldm" and not any(
+            k.startswith("vq.") for k in upgraded["state_dict"]
+        )
+        fmri = torch.randn(2, V, generator=torch.Generator().manual_seed(0))
+        module.eval()
+        pipe = FMRIReconstructionPipeline.from_checkpoint(path)
+        assert torch.allclose(_images(pipe, fmri), module.sample(fmri, steps=2, seed=[3, 4]), atol=1e-6)
+    finally:
+        path.unlink()
+        path.with_name("legacy.ckpt.bak").unlink()
