@@ -45,7 +45,7 @@ from tqdm import tqdm
 from .data.datamodule import NSDDataModule
 from .data.schema import DatasetError
 from .data.shards import sha256_file
-from .metrics.callbacks import comparison_grid, subject_scores
+from .metrics.scoring import comparison_grid, subject_scores
 from .models.factory import CheckpointFormatError
 from .parsers import reconstruct_parser
 from .reconstruction_pipeline import FMRIReconstructionPipeline

@@ -26,7 +26,7 @@ from einops import rearrange
 from .models.condition import ClipCondition
 from .models.factory import CheckpointFormatError, checkpoint_models, load_model, read_checkpoint
 from .models.fmri_condition import FMRIConditionEncoder
-from .models.ldm import add_time_conditioning, build_ldm, load_ldm
+from .models.ldm import add_time_conditioning, build_ldm, load_ldm, vq_downsampling
 from .sampling import sample_conditioned
 
 RUN_CHECKPOINTS = ("stage3/checkpoints/last.ckpt", "checkpoints/last.ckpt")
@@ -140,7 +140,7 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         _load_part(unet, "unet", checkpoint["state_dict"], partial=recorded is not None, path=path)
         _load_part(parts.vq, "vq", checkpoint["state_dict"], partial=recorded is not None, path=path)
         image_size = hp.get("image_size")
-        latent = image_size // 2 ** (len(parts.vq.config.block_out_channels) - 1) if image_size else None
+        latent = image_size // vq_downsampling(parts.vq) if image_size else None
         return cls(
             FMRIConditionEncoder.from_aligner(aligner, checkpoint.get("fmri_preprocessing")),
             condition,
@@ -157,7 +157,7 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
     def image_size(self) -> int:
         """Side of the images this pipeline makes."""
         latent = self.config.latent_size or self.unet.config.sample_size
-        return latent * 2 ** (len(self.vqvae.config.block_out_channels) - 1)
+        return latent * vq_downsampling(self.vqvae)
 
     def encode_fmri(
         self, fmri: torch.Tensor, subject: str | None = None

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from .data.datamodule import NSDDataModule
-from .metrics.callbacks import comparison_grid, subject_scores
 from .metrics.identification import n_way_top1
 from .metrics.image import PixCorr
 from .metrics.ridge import Ridge, best_alpha
+from .metrics.scoring import comparison_grid, subject_scores
 from .models.clip import FrozenClip
 from .reconstruct import summarise
 

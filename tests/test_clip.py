@@ -182,6 +182,7 @@ def test_clip_pretrain_learns_and_exports(toy_dataset, tmp_path):
     data = NSDDataModule(str(toy_dataset), batch_size=16, num_workers=0, with_images=True)
     export = tmp_path / "clip" / "fcae-clip-tiny.pt"  # the file named after the architecture trained
     module = ClipPretrain(
+        data.num_voxels,
         "fcae-clip-tiny",
         lr=1e-3,
         warmup_fraction=0.1,

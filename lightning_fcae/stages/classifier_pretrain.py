@@ -23,6 +23,9 @@ class ClassifierPretrain(RankSeededModule):
     """Cross-entropy on the largest object's shape and colour; logs ``val/shape_acc``, ``val/color_acc``.
 
     Args:
+        num_voxels: ignored. The CLI links ``data.num_voxels`` into every model, and on a resume
+            (``--ckpt_path``) LightningCLI restores saved hyper-parameters as free keyword arguments, where
+            the link then lands whatever the class: so every model takes it.
         width: the classifier's first conv width.
         shift: largest random translation, as a fraction of the image side.
         lr / min_lr / warmup_fraction / weight_decay: AdamW, per-step warmup then cosine decay.
@@ -31,6 +34,7 @@ class ClassifierPretrain(RankSeededModule):
 
     def __init__(
         self,
+        num_voxels: int = 0,
         width: int = 32,
         shift: float = 0.06,
         lr: float = 2e-3,

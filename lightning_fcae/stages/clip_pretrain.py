@@ -34,6 +34,9 @@ class ClipPretrain(RankSeededModule):
     ``val/loss``. Needs ``data.with_images: true``.
 
     Args:
+        num_voxels: ignored. The CLI links ``data.num_voxels`` into every model, and on a resume
+            (``--ckpt_path``) LightningCLI restores saved hyper-parameters as free keyword arguments, where
+            the link then lands whatever the class: so every model takes it.
         architecture: open_clip config to train (``fcae-clip-small``; ``fcae-clip-tiny`` for tests).
         lr / min_lr / warmup_fraction: linear warmup then cosine decay, per step.
         weight_decay: AdamW weight decay (not on norms, biases, class embedding, logit scale).
@@ -44,6 +47,7 @@ class ClipPretrain(RankSeededModule):
 
     def __init__(
         self,
+        num_voxels: int = 0,
         architecture: str = "fcae-clip-small",
         lr: float = 5e-4,
         min_lr: float = 1e-5,

@@ -42,6 +42,9 @@ class LDMPretrain(RankSeededModule):
     """The stand-in LDM, one ``part`` per run (see the module doc).
 
     Args:
+        num_voxels: ignored. The CLI links ``data.num_voxels`` into every model, and on a resume
+            (``--ckpt_path``) LightningCLI restores saved hyper-parameters as free keyword arguments, where
+            the link then lands whatever the class: so every model takes it.
         part: ``vq`` (the autoencoder) or ``unet`` (the conditional UNet on the frozen VQ).
         ldm_config: named shape (:data:`~lightning_fcae.models.ldm.LDM_CONFIGS`).
         export_dir: the diffusers directory both parts write (``vqvae/``; then ``unet/``, ``scheduler/``,
@@ -56,6 +59,7 @@ class LDMPretrain(RankSeededModule):
 
     def __init__(
         self,
+        num_voxels: int = 0,
         part: LDMPart = "vq",
         ldm_config: LDMConfigName = "demo",
         export_dir: str | None = "checkpoints/ldm/synthetic-small",
