@@ -15,12 +15,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import torch
-from lightning.pytorch.cli import LightningCLI
+from .parsers import convert_ldm_parser, reconstruct_parser, upgrade_checkpoint_parser
 
-from .data.datamodule import NSDDataModule
+if TYPE_CHECKING:
+    from lightning.pytorch.cli import LightningCLI
 
 
 def default_wandb_mode() -> None:
@@ -34,72 +35,16 @@ def default_wandb_mode() -> None:
         os.environ["WANDB_MODE"] = "offline"
 
 
-def default_precision() -> str:
-    """bf16-mixed where the GPU supports it, full fp32 on CPU (bf16 matmuls are slow there)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
-class FCAECLI(LightningCLI):
-    """LightningCLI that feeds the DataModule's padded voxel count to the model."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.num_voxels", "model.init_args.num_voxels", apply_on="instantiate")
-        parser.set_defaults({"trainer.precision": default_precision()})
-
-    def instantiate_trainer(self, **kwargs):
-        """Every trainer writes its checkpoints atomically (:class:`AtomicCheckpointIO`: a crash mid-write
-        never replaces the previous ``last.ckpt``), unless the config names a CheckpointIO of its own."""
-        from lightning.fabric.plugins import CheckpointIO
-
-        from .checkpoint_io import AtomicCheckpointIO
-
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
-            plugins = [*plugins, AtomicCheckpointIO()]
-        return super().instantiate_trainer(**{"plugins": plugins, **kwargs})
-
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI loads ``--ckpt_path`` here, before anything else: a damaged file is named with
-        the fix first, instead of ``PytorchStreamReader failed ...`` (no file named) on every rerun."""
-        from .checkpoints import check_checkpoint
-
-        subcommand = self.config.get("subcommand")
-        path = subcommand and self.config[subcommand].get("ckpt_path")
-        if path:
-            check_checkpoint(
-                path, "delete it to start the run from its beginning, or pass another --ckpt_path"
-            )
-        super()._parse_ckpt_path()
-
-    def before_fit(self) -> None:
-        """``fast_dev_run`` is a smoke test and must not write checkpoints, but Lightning 2.6's
-        ``ModelCheckpoint.on_train_end`` still saves ``last.ckpt`` after one: it would replace the
-        trained checkpoint that the next stage reads."""
-        if self.trainer.fast_dev_run:
-            for callback in self.trainer.checkpoint_callbacks:
-                callback.save_last = False
-
-    def before_predict(self) -> None:
-        """From the command line ``predict`` keeps nothing unless a callback writes the predictions:
-        say so before sampling a whole split for nothing."""
-        from lightning.pytorch.callbacks import BasePredictionWriter
-        from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
-            raise MisconfigurationException(
-                "`predict` from the command line writes nothing without a BasePredictionWriter callback "
-                "(--trainer.callbacks+=...); for stage-3 reconstructions use `lightning-fcae reconstruct`, "
-                "which writes PNGs, a grid and metrics"
-            )
-
-
-def run_lightning_cli(args: list[str] | None = None) -> FCAECLI:
+def run_lightning_cli(args: list[str] | None = None) -> LightningCLI:
+    """The LightningCLI of ``lightning fit ...``; Lightning (and torch) are imported here, not with this
+    module, so that ``--help`` of every other command is instant."""
     import lightning as L
 
+    from .data.datamodule import NSDDataModule
+    from .lightning_cli import FCAECLI, silence_known_noise
+
     default_wandb_mode()
+    silence_known_noise()
     return FCAECLI(
         L.LightningModule,
         NSDDataModule,
@@ -174,7 +119,10 @@ def _data_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="print the manifest and counts, write a sample grid PNG")
     inspect.add_argument("path", type=Path)
-    inspect.add_argument("--grid", type=Path, default=None, help="PNG path (default PATH/inspect.png)")
+    inspect.add_argument(
+        "--out", "--grid", dest="grid", type=Path, default=Path("inspect.png"),
+        help="the sample grid's PNG (default: inspect.png in the working directory, never the dataset's)",
+    )  # fmt: skip
     inspect.add_argument("--verify", action="store_true", help="also sha256-check every shard")
 
     nsd = sub.add_parser("nsd", help="convert an NSD release into shards")
@@ -234,7 +182,7 @@ def _counts(manifest) -> str:
     return ", ".join(f"{name} {split.samples}" for name, split in manifest.splits.items())
 
 
-EXTRA_COMMANDS = """lightning-fcae: LightningCLI's fit / validate / test / predict (below), and
+EXTRA_COMMANDS = """lightning-fcae: LightningCLI's fit / validate / test / predict (see `lightning-fcae fit --help`), and
   data {synth,check,inspect,nsd}   create, check and look at datasets
   pipeline --plan PLAN --out DIR   every stage of the paper's experiments in order (make demo)
   reconstruct --ckpt CKPT ...      stage-3 test-set reconstructions, grid and metrics
@@ -244,40 +192,51 @@ EXTRA_COMMANDS = """lightning-fcae: LightningCLI's fit / validate / test / predi
   stand-ins train|check|verify     the synthetic benchmark's shipped CLIP / LDM stand-ins
 each with its own --help.
 """
+# commands whose modules import torch: their options are parsed first, so --help and a usage error
+# answer before seconds of imports
+EARLY_PARSERS = {
+    "reconstruct": reconstruct_parser,
+    "convert-ldm": convert_ldm_parser,
+    "upgrade-checkpoint": upgrade_checkpoint_parser,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     """The ``lightning-fcae`` command: LightningCLI subcommands plus ``data ...``, ``convert-ldm``,
-    ``reconstruct``, ``pipeline`` and ``report``."""
+    ``reconstruct``, ``pipeline`` and ``report``. Each command's module is imported only when it runs,
+    so ``--help`` never waits for torch."""
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(EXTRA_COMMANDS)
-    if argv and argv[0] == "convert-ldm":
+        sys.exit(0 if argv else 2)
+    if argv[0] in EARLY_PARSERS:
+        EARLY_PARSERS[argv[0]]().parse_args(argv[1:])
+    if argv[0] == "convert-ldm":
         from .models.ldm_convert import main as convert_ldm
 
         sys.exit(convert_ldm(argv[1:]))
-    if argv and argv[0] == "upgrade-checkpoint":
+    if argv[0] == "upgrade-checkpoint":
         from .stages.upgrade import main as upgrade_checkpoint
 
         sys.exit(upgrade_checkpoint(argv[1:]))
-    if argv and argv[0] == "pipeline":
+    if argv[0] == "pipeline":
         from .pipeline import main as pipeline
 
         sys.exit(pipeline(argv[1:]))
-    if argv and argv[0] == "reconstruct":
+    if argv[0] == "reconstruct":
         from .reconstruct import main as reconstruct
 
         sys.exit(reconstruct(argv[1:]))
-    if argv and argv[0] == "stand-ins":
+    if argv[0] == "stand-ins":
         from .stand_ins import main as stand_ins
 
         sys.exit(stand_ins(argv[1:]))
-    if argv and argv[0] == "report":
+    if argv[0] == "report":
         from .report import main as report
 
         sys.exit(report(argv[1:]))
-    if argv and argv[0] == "data":
+    if argv[0] == "data":
         from .data.schema import DatasetError
 
         try:

@@ -29,6 +29,7 @@ import csv
 import hashlib
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -39,7 +40,9 @@ from pathlib import Path
 import yaml
 
 from . import atomic
+from .data.schema import Manifest
 from .plan import PlanError, changed_keys, check_plan, deep_merge, load_yaml
+from .progress import Progress, clock, fit_work
 from .run_lock import die_with_parent, run_lock
 
 
@@ -125,7 +128,7 @@ def run_paths(config: dict, stage_dir: Path, run_name: str) -> dict:
             callback.setdefault("init_args", {})["dirpath"] = str(stage_dir / "checkpoints")
     trainer["logger"] = [
         {
-            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "class_path": "lightning_fcae.loggers.WandbLogger",
             "init_args": {"project": "lightning-fcae", "name": run_name, "save_dir": str(stage_dir)},
         },
         csv_logger(stage_dir, "fit"),
@@ -172,6 +175,9 @@ def last_csv_values(path: Path) -> dict[str, float]:
     return values
 
 
+RIDGE_TASK = "ridge/seed0:ridge"
+
+
 class Pipeline:
     """Runs a plan (see ``experiments/demo.yaml``) for some methods and seeds into ``out``."""
 
@@ -184,8 +190,8 @@ class Pipeline:
         self.use_shipped = bool(plan.get("stand_ins")) and not train_stand_ins
         self.stand_ins = None  # the shipped stand-ins once verified in __call__; None: trained here
         self.overrides = plan.get("stages") or {}
-        self.started = time.monotonic()
-        self.step, self.total_steps = 0, 0
+        self.progress = Progress({})  # the planned work, once the methods and seeds are known
+        self.running: str | None = None  # the stage under way: what an interruption leaves half done
 
     # --- one stage --------------------------------------------------------------------------------
     def stage_config(self, stage: str, config_file: str, stage_dir: Path, seed: int, extra: dict) -> dict:
@@ -238,9 +244,9 @@ class Pipeline:
         :class:`PlanError`: skipping it would report stale results, re-running it would leave later
         stages stale. A finished stage whose export is missing runs again: resumed at its end, the fit
         only exports."""
-        self.step += 1
         done = stage_dir / f"done-{args[0]}.json"
-        label = f"[{self.step}/{self.total_steps} {self.elapsed()}] {stage_dir.relative_to(self.out)}"
+        task = f"{stage_dir.relative_to(self.out)}:{args[0]}"
+        label = f"{self.progress.line(task)} {stage_dir.relative_to(self.out)}"
         saved = stage_dir / config_name
         config = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))  # as it reads back from disk
         started = done.is_file() or (args[0] == "fit" and "--ckpt_path" in args)
@@ -255,6 +261,7 @@ class Pipeline:
         missing = [path for path in exports if not path.exists()]
         if done.is_file() and not missing:
             print(f"{label}: done already, skipped", flush=True)
+            self.progress.finish(task, None)
             return
         stage_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -263,7 +270,9 @@ class Pipeline:
         if self.dry_run:
             return
         start = time.monotonic()
+        self.running = str(stage_dir.relative_to(self.out))
         result = subprocess.run(command, preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads here)
+        self.running = None
         if result.returncode != 0:
             raise RuntimeError(f"{stage_dir}: `{' '.join(command)}` failed (exit {result.returncode})")
         missing = [str(path) for path in exports if not path.exists()]
@@ -271,13 +280,9 @@ class Pipeline:
             raise RuntimeError(
                 f"{stage_dir}: `{' '.join(command)}` finished without writing {', '.join(missing)}"
             )
-        atomic.write_text(
-            done, json.dumps({"seconds": round(time.monotonic() - start, 1), "command": command})
-        )
-
-    def elapsed(self) -> str:
-        minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
-        return f"{minutes}:{seconds:02d}"
+        seconds = time.monotonic() - start
+        atomic.write_text(done, json.dumps({"seconds": round(seconds, 1), "command": command}))
+        self.progress.finish(task, seconds)
 
     # --- shared stand-ins -------------------------------------------------------------------------
     def clip(self) -> tuple[str, str]:
@@ -331,7 +336,6 @@ class Pipeline:
     def ridge(self, clip: tuple[str, str]) -> None:
         """``OUT/ridge/seed0/summary.json``: per-subject ridge decoders from voxels, scored like the
         methods (:mod:`lightning_fcae.yardstick`); recomputed only when its settings change."""
-        self.step += 1
         root = self.out / "ridge" / "seed0"
         stage3 = deep_merge(
             load_yaml(self.configs / STAGE_CONFIGS["stage3"]), self.overrides.get("stage3", {})
@@ -339,20 +343,23 @@ class Pipeline:
         size = stage3["model"]["init_args"].get("image_size")
         n_way = int((self.plan.get("reconstruct") or {}).get("n_way", 50))
         settings = {"data_dir": self.data_dir, "clip": list(clip), "image_size": size, "n_way": n_way}
-        label = f"[{self.step}/{self.total_steps} {self.elapsed()}] ridge/seed0"
+        label = f"{self.progress.line(RIDGE_TASK)} ridge/seed0"
         path = root / "summary.json"
         if path.is_file() and json.loads(path.read_text()).get("settings") == settings:
             print(f"{label}: done already, skipped", flush=True)
+            self.progress.finish(RIDGE_TASK, None)
             return
         print(f"{label}: ridge yardstick (voxels -> CLIP embedding, voxels -> pixels)", flush=True)
         if self.dry_run:
             return
+        start = time.monotonic()
         from torchvision.utils import save_image
 
         from .data.datamodule import read_manifest
         from .models.clip import load_clip
         from .yardstick import ridge_yardstick
 
+        self.running = "ridge/seed0"
         size = size or read_manifest(self.data_dir).image_size
         result = ridge_yardstick(self.data_dir, load_clip(*clip), size, n_way)
         (root / "recon").mkdir(parents=True, exist_ok=True)
@@ -373,6 +380,8 @@ class Pipeline:
             "settings": settings,
         }
         atomic.write_text(path, json.dumps(summary, indent=2))
+        self.running = None
+        self.progress.finish(RIDGE_TASK, time.monotonic() - start)
 
     # --- one method x seed ------------------------------------------------------------------------
     def method(self, name: str, seed: int, clip: tuple[str, str], ldm: str) -> dict:
@@ -456,7 +465,7 @@ class Pipeline:
             findings = preflight(self, methods, seeds)
             if findings.problems:
                 raise PreflightError(findings.problems)
-        self.total_steps = self.count_steps(methods, seeds)
+        self.progress = Progress(self.planned_work(methods, seeds))
         with run_lock(self.out):
             self.check_dataset()
             clip = self.clip()
@@ -468,7 +477,7 @@ class Pipeline:
             if self.dry_run
             else "all stages done"
         )
-        print(f"[pipeline {self.elapsed()}] {done}", flush=True)
+        print(f"[pipeline {clock(time.monotonic() - self.progress.started)}] {done}", flush=True)
         return summaries
 
     def check_dataset(self) -> None:
@@ -512,15 +521,49 @@ class Pipeline:
                 fits.append(Fit("stage3", STAGE_CONFIGS["stage3"], root / "stage3"))
         return fits
 
-    def count_steps(self, methods: list[str], seeds: list[int]) -> int:
-        trains = self.stand_ins is None
-        shared = trains * (not self.plan.get("clip_pretrained")) + 2 * trains * (
-            not self.plan.get("pretrained_ldm")
-        )
-        per_seed = sum(
-            3 + (METHODS[m].image_phase is not None) + 2 * (METHODS[m].align is not None) for m in methods
-        )
-        return shared + 1 + per_seed * len(seeds)  # + 1: the ridge yardstick
+    def planned_work(self, methods: list[str], seeds: list[int]) -> dict[str, float]:
+        """Every task this run will go through, in order: its fits (:meth:`fits`), the ridge yardstick
+        once the CLIP it uses is there, each stage 2's test and each reconstruction; weighed by the
+        samples each processes (:mod:`lightning_fcae.progress`)."""
+        tasks: list[tuple[str, str | tuple[str, str]]] = []
+        for fit in self.fits(methods, seeds):
+            root = fit.stage_dir.relative_to(self.out)
+            tasks.append((f"{root}:fit", (fit.stage, fit.config_file)))
+            if fit.stage == "stage2":
+                tasks.append((f"{root}:test", "test"))
+            if fit.stage == "stage3":
+                tasks.append((f"{root.parent}/recon:reconstruct", "reconstruct"))
+        first = 1 if tasks and tasks[0][0] == "shared/clip_pretrain:fit" else 0
+        tasks.insert(first, (RIDGE_TASK, "ridge"))
+        return self.weigh(tasks)
+
+    def stand_in_work(self) -> dict[str, float]:
+        """The tasks of ``lightning-fcae stand-ins train`` (every stand-in and the checks' judge), weighed."""
+        stages = ("clip_pretrain", "ldm_vq", "ldm_unet", "classifier")
+        return self.weigh([(f"shared/{stage}:fit", (stage, STAGE_CONFIGS[stage])) for stage in stages])
+
+    def weigh(self, tasks: list[tuple[str, str | tuple[str, str]]]) -> dict[str, float]:
+        """``{task: the samples it processes}`` in the tasks' order; all alike for data that is not on
+        this machine (a URL)."""
+        if "://" in self.data_dir:
+            return {task: 1.0 for task, _ in tasks}
+        samples = {name: split.samples for name, split in Manifest.load(self.data_dir).splits.items()}
+        return {task: self.task_work(kind, samples) for task, kind in tasks}
+
+    def task_work(self, kind: str | tuple[str, str], samples: dict[str, int]) -> float:
+        """The samples one task processes (see :meth:`planned_work`); ``kind`` is ``ridge``, ``test``,
+        ``reconstruct`` or, for a fit, its stage's name and config file."""
+        test = samples.get("test", 0)
+        if kind == "ridge":
+            return float(sum(samples.values()))
+        if kind == "test":
+            return float(test)
+        if kind == "reconstruct":
+            return float(test * int((self.plan.get("reconstruct") or {}).get("steps", 50)))
+        stage, config_file = kind
+        config = deep_merge(load_yaml(self.configs / config_file), self.overrides.get(stage, {}))
+        batch = (config.get("data") or {}).get("init_args", {}).get("batch_size", 32)
+        return fit_work(config.get("trainer") or {}, batch, samples.get("train", 0))
 
 
 def parameter_counts(root: Path) -> dict[str, int]:
@@ -552,6 +595,17 @@ def seed_value(text: str) -> int:
     if not 0 <= seed < 2**32:
         raise argparse.ArgumentTypeError(f"seeds must be in [0, 2**32), got {seed}")
     return seed
+
+
+def interrupted(pipeline: Pipeline | None, argv: list[str]) -> str:
+    """The one line a Ctrl-C prints: what was saved and the command that resumes."""
+    command = shlex.join(["lightning-fcae", "pipeline", *argv])
+    if pipeline is None or pipeline.running is None:
+        return f"interrupted: finished stages are kept; rerun `{command}` to go on"
+    return (
+        f"interrupted during {pipeline.running}: the stages before it are kept, it resumes from what it "
+        f"last saved (a fit: its last epoch's checkpoint); rerun `{command}` to go on"
+    )
 
 
 def check(pipeline: Pipeline, methods: list[str], seeds: list[int]) -> int:
@@ -592,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-report", dest="report", action="store_false")
     args = parser.parse_args(argv)
+    pipeline = None
     try:
         plan = load_yaml(args.plan)
         if args.data:
@@ -605,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PlanError, RuntimeError, FileNotFoundError) as exc:  # StandInError is a FileNotFoundError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what is kept and how to go on, not a traceback
+        print(interrupted(pipeline, sys.argv[1:] if argv is None else argv), file=sys.stderr)
+        return 130
     if args.report and not args.dry_run:
         from .report import write_report
 

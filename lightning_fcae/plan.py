@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from .parsers import reconstruct_parser
+
 
 class PlanError(ValueError):
     """The plan file or the command line asks for something the pipeline cannot run."""
@@ -43,9 +45,7 @@ RUN_OPTIONS = {"ckpt", "data_dir", "out", "seed", "clip_model", "clip_pretrained
 
 def reconstruct_options() -> set[str]:
     """What a plan's ``reconstruct:`` may set: the command's options less those each run fills in."""
-    from .reconstruct import build_parser
-
-    return {action.dest for action in build_parser()._actions if action.dest != "help"} - RUN_OPTIONS
+    return {action.dest for action in reconstruct_parser()._actions if action.dest != "help"} - RUN_OPTIONS
 
 
 def changed_keys(old, new, prefix: str = "") -> list[str]:

@@ -312,7 +312,7 @@ def check_devices(findings: Findings, configs: dict[tuple[str, str], dict]) -> N
     for: Lightning's own checks, with its own messages, in milliseconds rather than at a stage's start."""
     from lightning.pytorch import Trainer
 
-    from .cli import default_precision
+    from .lightning_cli import default_precision
 
     wanted: dict[tuple, list[str]] = {}
     for (stage, config_file), config in configs.items():

@@ -4,7 +4,8 @@
 
     OUT/images/{key}_{i}.png  reconstruction i < samples of sample ``key`` (e.g. subj01_nsd000012)
     OUT/truth/{key}.png       the seen image, at the reconstructions' resolution
-    OUT/grid.png              truth | reconstructions of the first 16 samples
+    OUT/grid.png              truth | reconstructions of the first 8 samples of each subject
+    OUT/grid.json             those samples in order (key, subject, first caption): the report's labels
     OUT/metrics.json          the metrics and the run's settings
     OUT/settings.json         what generated the PNGs: a resumed run must use the same
 
@@ -25,7 +26,6 @@ unweighted mean over subjects: NSD's shared test images repeat across subjects, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -48,12 +48,13 @@ from .data.schema import DatasetError
 from .data.shards import sha256_file
 from .metrics.scoring import comparison_grid, subject_scores
 from .models.factory import CheckpointFormatError
+from .parsers import reconstruct_parser
 from .reconstruction_pipeline import FMRIReconstructionPipeline
 
 if TYPE_CHECKING:
     from .models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
 
-GRID_SAMPLES = 16
+GRID_PER_SUBJECT = 8
 BLOCKS = ("raw", "pairwise", "perceptual")
 CONVENTIONS = {
     "raw": "MindEye / the paper's Table 2: mean over images of MSE, pixel Pearson r and SSIM (grayscale, "
@@ -252,7 +253,7 @@ def reconstruct_split(
         (out / folder).mkdir(exist_ok=True)
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     collected = {name: _SubjectImages() for name in data.subjects}
-    grid: list[tuple[Tensor, Tensor]] = []  # (truth [3, H, W], recon [s, 3, H, W]) uint8
+    grid: dict[int, list[tuple[Tensor, Tensor, dict]]] = {}  # subject -> (truth, recon [s], label)
     bar = tqdm(total=data.num_samples(split), desc=f"reconstruct {split}", unit="img", disable=not progress)
     for batch in data.eval_dataloader(split):
         with autocast, torch.no_grad():
@@ -261,13 +262,10 @@ def reconstruct_split(
                 rows = batch["subject"] == index
                 if rows.any():
                     images.add(recon[rows, 0], batch["image"][rows], clip, device)
-        grid += list(zip(batch["image"], recon))[: GRID_SAMPLES - len(grid)]
+        _pick_for_grid(grid, batch, recon, list(data.subjects))
         bar.update(len(recon))
     bar.close()
-
-    truth, recon = (torch.stack(x).float() / 255 for x in zip(*grid))  # n 3 H W, n s 3 H W
-    with atomic.atomic_file(out / "grid.png") as f:
-        save_image(comparison_grid(truth, recon), f, format="png")
+    _write_grid(grid, out, samples)
     per_subject = {name: images.scores(n_way, device) for name, images in collected.items() if len(images)}
     counts = {name: len(collected[name]) for name in per_subject}
     metrics = summarise(per_subject)
@@ -284,6 +282,31 @@ def reconstruct_split(
     return metrics
 
 
+def _pick_for_grid(grid: dict, batch: dict, recon: Tensor, subjects: list[str]) -> None:
+    """Keep the first :data:`GRID_PER_SUBJECT` samples of every subject for the grid, with the labels
+    the report shows under them: a grid of one subject's images says nothing about the others."""
+    for row, index in enumerate(batch["subject"].tolist()):
+        picked = grid.setdefault(index, [])
+        if len(picked) < GRID_PER_SUBJECT:
+            label = {
+                "key": batch["key"][row],
+                "subject": subjects[index],
+                "caption": batch["captions"][row][0],
+            }
+            picked.append((batch["image"][row], recon[row], label))
+
+
+def _write_grid(grid: dict, out: Path, samples: int) -> None:
+    """``grid.png`` (each seen image, then its reconstructions) and ``grid.json`` (which samples, in
+    that order, with their captions, so the report can label every tile)."""
+    entries = [entry for index in sorted(grid) for entry in grid[index]]
+    truth, recon = (torch.stack(x).float() / 255 for x in list(zip(*entries))[:2])  # n 3 H W, n s 3 H W
+    with atomic.atomic_file(out / "grid.png") as f:
+        save_image(comparison_grid(truth, recon), f, format="png")
+    rows = [label for *_, label in entries]
+    atomic.write_text(out / "grid.json", json.dumps({"samples": samples, "rows": rows}, indent=2))
+
+
 def format_metrics(metrics: dict) -> str:
     """A plain-text table: block, metric, mean over subjects, then one column per subject."""
     subjects = list(metrics["meta"]["subjects"])
@@ -298,42 +321,9 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command's options (also what a pipeline plan's ``reconstruct:`` section may set)."""
-    parser = argparse.ArgumentParser(prog="lightning-fcae reconstruct", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--ckpt",
-        type=Path,
-        required=True,
-        help="LDMFinetune (stage 3) checkpoint, or a run folder holding one",
-    )
-    parser.add_argument("--data", dest="data_dir", required=True, help="dataset directory or URL")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes)")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="DDIM steps (default: the model's sample_steps)"
-    )
-    parser.add_argument(
-        "--guidance", type=float, default=None, help="guidance scale (default: the model's guidance_scale)"
-    )
-    parser.add_argument("--samples", type=int, default=1, help="reconstructions per sample")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--subjects", nargs="+", default=None)
-    parser.add_argument("--clip-model", default=None, help="open_clip model for the CLIP scores")
-    parser.add_argument("--clip-pretrained", default=None, help="its weights: a local file or open_clip tag")
-    parser.add_argument("--n-way", type=int, default=50)
-    parser.add_argument("--device", default=None)
-    parser.add_argument(
-        "--ldm", type=Path, default=None, help="the frozen LDM's folder, if it moved since stage 3 trained"
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     """``lightning-fcae reconstruct --ckpt CKPT --data DIR --out DIR [...]``."""
-    args = build_parser().parse_args(argv)
+    args = reconstruct_parser().parse_args(argv)
     try:
         metrics = reconstruct_split(**vars(args))
     except (ReconstructionError, CheckpointError, FileNotFoundError, DatasetError) as exc:

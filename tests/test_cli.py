@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from lightning_fcae.cli import main
 from lightning_fcae.data.check import check_dataset
-from lightning_fcae.data.inspect import inspect_dataset
+from lightning_fcae.data.inspect import CAPTION_LINES, TILE, inspect_dataset
 from lightning_fcae.data.schema import Manifest, ShardIntegrityError
 
 from .conftest import write_toy_dataset
@@ -20,22 +25,33 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "profiles" / "tiny.yaml"
 
 
-def _run(argv: list[str]) -> int:
+def _run(argv: list[str] | None) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     return exit_info.value.code
 
 
-def test_synth_inspect_check(tmp_path, capsys):
+def test_synth_inspect_check(tmp_path, capsys, monkeypatch):
     out = tmp_path / "tiny"
     assert _run(["data", "synth", "--profile", "tiny", "--out", str(out), "--seed", "3"]) == 0
     assert "train 346, val 38, test 96" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["source"]["seed"] == 3
 
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(p.name for p in out.iterdir())
     assert _run(["data", "inspect", str(out), "--verify"]) == 0
     printed = capsys.readouterr().out
     assert "subj01 (491 voxels)" in printed and "every shard matches its sha256" in printed
-    assert (out / "inspect.png").stat().st_size > 0
+    # the grid goes to the working directory, never into the dataset (it may be read-only or shared)
+    assert sorted(p.name for p in out.iterdir()) == before and "grid: inspect.png" in printed
+    with Image.open(work / "inspect.png") as grid:  # 16 samples: 4 x 4 tiles, captions under them
+        assert grid.size == (4 * (TILE + 8), 4 * (TILE + 8 + CAPTION_LINES * 12))
+        under = np.asarray(grid.convert("L"))[4 + TILE + 2 : TILE + 8 + CAPTION_LINES * 12, 4 : 4 + TILE]
+        assert (under < 128).any(), "no caption text under the first image"
+    assert _run(["data", "inspect", str(out), "--out", str(tmp_path / "elsewhere" / "grid.png")]) == 0
+    assert (tmp_path / "elsewhere" / "grid.png").is_file()
 
     assert _run(["data", "check", str(out), "--n-way", "10"]) == 0
     assert "PixCorr" in capsys.readouterr().out
@@ -139,7 +155,12 @@ def test_fit_setup_mistakes_are_one_error_line(toy_dataset, tmp_path, monkeypatc
             [*stage1, f"--data.data_dir={toy_dataset}", "--data.batch_size=0"],
             "error: batch_size must be >= 1",
         ),
-        ([*stage2, "--model.encoder_ckpt=missing.ckpt"], "error: checkpoint missing.ckpt does not exist"),
+        # a stage whose input checkpoint is missing says which stage writes it, and how
+        (
+            [*stage2, "--model.encoder_ckpt=missing.ckpt"],
+            "error: encoder_ckpt missing.ckpt does not exist: run stage 1 (`lightning fit --config "
+            "configs/stage1_fcae.yaml` writes checkpoints/stage1_fcae/last.ckpt",
+        ),
         # predict keeps nothing from the command line without a writer: refused before sampling
         (
             ["predict", *stage1[1:], f"--data.data_dir={toy_dataset}"],
@@ -147,15 +168,64 @@ def test_fit_setup_mistakes_are_one_error_line(toy_dataset, tmp_path, monkeypatc
         ),
     ):
         assert _run(argv) == 2
-        err = capsys.readouterr().err
-        assert err.startswith(message) and "Traceback" not in err, err[-500:]
+        err = capsys.readouterr().err  # Lightning's INFO lines may come first: it is imported lazily
+        assert any(line.startswith(message) for line in err.splitlines()) and "Traceback" not in err, err[
+            -500:
+        ]
 
 
-def test_help_lists_the_extra_subcommands(capsys):
+def test_help_lists_the_extra_subcommands(capsys, monkeypatch):
     assert _run(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(f"  {name} " in out for name in ("data", "pipeline", "reconstruct", "report", "convert-ldm"))
-    assert "{fit,validate,test,predict}" in out  # LightningCLI's own help follows
+    assert "lightning-fcae fit --help" in out  # where LightningCLI's own help is
+    monkeypatch.setattr(sys, "argv", ["lightning-fcae", "fit", "--help"])  # as LightningCLI reads it
+    assert _run(None) == 0
+    assert "--trainer" in capsys.readouterr().out
+
+
+# a fresh interpreter, as the console script runs: did asking for help import torch?
+HELP_IMPORTS = """
+import contextlib, io, sys
+from lightning_fcae.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    try:
+        main(sys.argv[1:])
+    except SystemExit as done:
+        code = done.code
+print(code, "torch" in sys.modules, "lightning" in sys.modules, "usage" in out.getvalue() or "each with" in out.getvalue())
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "",
+        "pipeline",
+        "reconstruct",
+        "report",
+        "stand-ins",
+        "stand-ins check",
+        "convert-ldm",
+        "upgrade-checkpoint",
+        "data",
+        "data inspect",
+    ],
+)
+def test_help_is_instant_it_imports_no_torch(command):
+    argv = [*command.split(), "--help"]
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS, *argv], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert done.stdout.split() == ["0", "False", "False", "True"], done.stdout + done.stderr
+
+
+def test_reconstruct_help_shows_the_defaults(capsys):
+    assert _run(["reconstruct", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for option, default in (("--split", "test"), ("--batch-size", "16"), ("--seed", "0"), ("--n-way", "50")):
+        assert re.search(rf"{option} \S+ .*?\(default: {default}\)", out), option
+    assert "reconstructions per sample (default: 1)" in out
 
 
 def test_wandb_is_offline_unless_logged_in_to_the_configured_server(tmp_path, monkeypatch):
@@ -171,3 +241,27 @@ def test_wandb_is_offline_unless_logged_in_to_the_configured_server(tmp_path, mo
             monkeypatch.setenv("WANDB_BASE_URL", base_url)
         default_wandb_mode()
         assert os.environ.get("WANDB_MODE") == mode, base_url
+
+
+def test_what_every_stage_printed_for_nothing_is_silenced(caplog):
+    """Lightning's litlogger tip and LeafSpec FutureWarning, and wandb's 'anonymous setting has no
+    effect' (answering the anonymous=None Lightning's WandbLogger always passes) are gone; other
+    rank-zero messages stay."""
+    import logging
+    import warnings
+
+    from lightning_fcae.lightning_cli import RANK_ZERO_LOGGERS, silence_known_noise
+    from lightning_fcae.loggers import WandbLogger
+
+    silence_known_noise()
+    with caplog.at_level(logging.INFO):
+        for name in RANK_ZERO_LOGGERS:
+            logging.getLogger(name).info("💡 Tip: For seamless cloud logging ... litlogger")
+            logging.getLogger(name).info("GPU available: False")
+    assert "litlogger" not in caplog.text and caplog.text.count("GPU available") == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        silence_known_noise()  # catch_warnings reset the filters
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+    assert not caught
+    assert "anonymous" not in WandbLogger(project="p", offline=True)._wandb_init

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import warnings
 from pathlib import Path
@@ -272,3 +273,19 @@ def test_clip_cache(toy_dataset, clip, monkeypatch):
     assert cache_status(root, cache_id) == "stale"
     assert build_clip_cache(root, clip, cache_id, progress=False) == cache
     assert cache_status(root, cache_id) == "hit" and not list(cache.parent.glob(".*"))
+
+
+def test_a_model_meant_to_be_random_says_so_once(caplog):
+    """open_clip's 'No pretrained weights loaded' is noise where random weights are the intent; our own
+    warning for a random *frozen* CLIP (tests only) stays."""
+    from lightning_fcae.models.clip import create_random_model, load_clip
+
+    with caplog.at_level(logging.WARNING):
+        create_random_model("fcae-clip-tiny")
+        load_clip("fcae-clip-tiny", None)
+    messages = [record.getMessage() for record in caplog.records]
+    assert not any("No pretrained weights loaded" in m for m in messages), messages
+    assert any("with random weights (pretrained=None)" in m for m in messages)
+    with caplog.at_level(logging.WARNING):  # the filter is gone afterwards
+        logging.getLogger().warning("No pretrained weights loaded for model 'x'")
+    assert "No pretrained weights loaded for model 'x'" in caplog.text

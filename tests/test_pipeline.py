@@ -306,3 +306,35 @@ def test_a_killed_pipeline_takes_its_training_child_with_it(tmp_path, synthetic_
     while any(map(_running, children)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(map(_running, children)), "a stage outlived its pipeline"
+
+
+def test_progress_is_by_work_done_with_the_time_left(tmp_path, synthetic_tiny, capsys):
+    out, plan = tmp_path / "run", write_plan(tmp_path, tiny_plan(synthetic_tiny))
+    assert main(["--plan", str(plan), "--out", str(out), "--methods", "fcae", "mindvis", "--dry-run"]) == 0
+    labels = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[") and "·" in line]
+    # every task the run goes through was planned, in the order it runs
+    indices = [line[1:].split(" ")[0] for line in labels]
+    assert indices == [f"{k}/{len(labels)}" for k in range(1, len(labels) + 1)], labels
+    assert "0% done · 0:00 elapsed · time left: known after the first stage that runs]" in labels[0]
+    pipeline = Pipeline(yaml.safe_load(plan.read_text()), out, Path("configs"))
+    work = pipeline.planned_work(["fcae"], [0])
+    # FAST: 2 steps of batch 8 per fit; the test split (in samples) for the stage-2 test, x 2 DDIM steps
+    # for the reconstruction
+    test = json.loads((synthetic_tiny / "manifest.json").read_text())["splits"]["test"]["samples"]
+    assert work["fcae/seed0/stage1:fit"] == 16 and work["fcae/seed0/stage2:test"] == test
+    assert work["fcae/seed0/recon:reconstruct"] == 2 * test
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, synthetic_tiny, capsys, monkeypatch):
+    out, plan = tmp_path / "run", write_plan(tmp_path, tiny_plan(synthetic_tiny))
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess, "run", interrupt)
+    argv = ["--plan", str(plan), "--out", str(out)]
+    assert main(argv) == 130
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith("interrupted during shared/clip_pretrain: the stages before it are kept")
+    assert f"rerun `lightning-fcae pipeline --plan {plan} --out {out}` to go on" in error

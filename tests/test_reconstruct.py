@@ -93,6 +93,9 @@ def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, mon
     assert [p.stem for p in truth] == [p.stem.removesuffix("_0") for p in images]
     assert truth[0].stem == "subj01_nsd002000"
     assert (out / "grid.png").is_file()
+    grid = json.loads((out / "grid.json").read_text())  # the report's labels: 8 of each subject, in order
+    assert grid["samples"] == 1 and [r["subject"] for r in grid["rows"]] == ["subj01"] * 8 + ["subj02"] * 8
+    assert grid["rows"][0]["key"] == "subj01_nsd002000" and all(r["caption"] for r in grid["rows"])
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
     raw, pairwise = metrics["raw"]["mean"], metrics["pairwise"]["mean"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -24,6 +25,20 @@ SCORES = {
     "mindvis": [(0.5, 0.1, 0.2, 0.5, 0.6, None), (0.7, 0.3, 0.2, 0.7, 0.8, None)],
 }
 LABELS = {"fcae": "fCAE (ours)", "mindvis": "MinD-Vis <repro>"}
+# the reason metrics/perceptual.py gives for a metric whose checkpoint is not on disk
+MISSING = (
+    "{name} needs the checkpoint {file} at /hub/checkpoints/{file} (torch hub dir /hub, set by TORCH_HOME). "
+    "Nothing is downloaded here: fetch https://x/{file} elsewhere and copy it there."
+)
+# the labelled grid `lightning-fcae reconstruct` writes: two samples of each of two subjects, 2 draws each
+GRID = {
+    "samples": 2,
+    "rows": [
+        {"key": f"{subject}_{n}", "subject": subject, "caption": f"a red square {n}"}
+        for subject in ("subj01", "subj02")
+        for n in (0, 1)
+    ],
+}
 METRICS_CSV = """epoch,step,train/loss,val/loss,train/cos,lr-AdamW
 ,0,,,,0.001
 0,0,2.0,,0.1,
@@ -43,7 +58,17 @@ def _recon(mse, pixcorr, ssim, clip, pairwise_mse) -> dict:
     return {
         "raw": {"mean": raw, "per_subject": per},
         "pairwise": {"mean": pairwise, "per_subject": {"subj01": pairwise, "subj02": pairwise}},
-        "perceptual": {"mean": {}, "per_subject": {}, "skipped": {"alexnet": "no weights on disk"}},
+        "perceptual": {
+            "mean": {"alexnet2": 0.7},
+            "per_subject": {"subj01": {"alexnet2": 0.7}, "subj02": {"alexnet2": 0.7}},
+            "skipped": {
+                "swav": "no weights on disk",
+                **{
+                    name: MISSING.format(name=name, file=f"{name}.pth")
+                    for name in ("inception", "lpips_alex")
+                },
+            },
+        },
         "meta": {
             "data_dir": "data/synth-tiny",
             "split": "test",
@@ -51,6 +76,17 @@ def _recon(mse, pixcorr, ssim, clip, pairwise_mse) -> dict:
             "subjects": {"subj01": 48, "subj02": 48},
         },
     }
+
+
+def _grid(recon_dir: Path) -> None:
+    """grid.json and the tiles it names, as `lightning-fcae reconstruct` writes them."""
+    for folder in ("truth", "images"):
+        (recon_dir / folder).mkdir()
+    for row in GRID["rows"]:
+        Image.new("RGB", (4, 4), (200, 30, 30)).save(recon_dir / "truth" / f"{row['key']}.png")
+        for i in range(GRID["samples"]):
+            Image.new("RGB", (4, 4), (30, 30, 200)).save(recon_dir / "images" / f"{row['key']}_{i}.png")
+    (recon_dir / "grid.json").write_text(json.dumps(GRID))
 
 
 def _stage(stage_dir: Path) -> None:
@@ -71,6 +107,7 @@ def _fake_run(root: Path, names: dict[str, str] | None = None) -> Path:
                 _stage(seed_dir / stage)
             (seed_dir / "recon").mkdir()
             Image.new("RGB", (8, 4), (200, 30, 30)).save(seed_dir / "recon" / "grid.png")
+            _grid(seed_dir / "recon")
             recon = _recon(mse, pixcorr, ssim, clip, pw)
             (seed_dir / "recon" / "metrics.json").write_text(json.dumps(recon))
             summary = {
@@ -119,10 +156,12 @@ def test_table2_mean_std_and_published_rows(tmp_path):
     )
     mindvis = next(line for line in markdown.splitlines() if line.startswith("| MinD-Vis <repro>"))
     assert "0.600 ± 0.141" in mindvis and "0.200 ± 0.000" in mindvis  # mse 0.5, 0.7; ssim 0.2, 0.2
-    published = "[published (NSD, paper Table 2)]"
-    assert f"| Mind-vis {published} | 303M | 0.513 | 0.214 | 0.260 | 0.550 |" in markdown
-    assert f"| Vis-dec {published} | 317M | 0.486 | 0.202 | 0.251 | 0.630 |" in markdown
-    assert "277M | 0.485 | 0.235 | 0.302 | 0.720 |" in markdown
+    # the paper's NSD rows come after ours, in a table of their own whose title names the dataset
+    ours, published = markdown.split("### Published in the paper (its Table 2), measured on NSD")
+    assert "| Mind-vis | 303M | 0.513 | 0.214 | 0.260 | 0.550 |" in published
+    assert "| Vis-dec | 317M | 0.486 | 0.202 | 0.251 | 0.630 |" in published
+    assert "| paper's model (fCAE) | 277M | 0.485 | 0.235 | 0.302 | 0.720 |" in published
+    assert "fCAE (ours)" not in published and "0.513" not in ours and "Mind-vis" not in ours
     assert "data/synth-tiny (split test, 96 images; subj01, subj02)" in markdown
     # the pair-wise table: pairwise_mse 0.7, 0.9
     assert "| fCAE (ours) | 0.800 ± 0.141 | 0.600 ± 0.000 | 0.550 ± 0.000 | 2 |" in markdown
@@ -146,15 +185,13 @@ def test_table3_ablation_rows(tmp_path):
     summaries = load_summaries(_fake_run(tmp_path, names={"fcae": "fcae", "mindvis": "mindvis"}))
     markdown, text = table3(summaries)
     # reconstructions' CLIP 50-way 0.2, 0.4 -> 30.0 ± 14.1 %; stage 2 (fcae only) 0.08, 0.12 -> 10.0 ± 2.8 %
-    assert (
-        "| fCAE (ours) | fCAE | F+I+T | 1.23M | 30.0 ± 14.1% | 90.0 ± 0.0% | 10.0 ± 2.8% | – | 2 |"
-        in markdown
-    )
-    assert "| MinD-Vis <repro> | MAE | F | 1.23M | 20.0 ± 14.1% | 90.0 ± 0.0% | – | – | 2 |" in markdown
-    assert (
-        "| full [published (NSD, paper Table 3)] | fCAE | F+I+T | 102M | – | – | – | 26.3% | – |" in markdown
-    )
-    assert "| ablation 5 [published (NSD, paper Table 3)] | MAE | F | 86M |" in markdown
+    assert "| fCAE (ours) | fCAE | F+I+T | 1.23M | 30.0 ± 14.1% | 90.0 ± 0.0% | 10.0 ± 2.8% | 2 |" in markdown
+    assert "| MinD-Vis <repro> | MAE | F | 1.23M | 20.0 ± 14.1% | 90.0 ± 0.0% | – | 2 |" in markdown
+    header = "| top-1 50-way (chance 2%) | top-1 2-way (chance 50%) | stage-2 top-1 50-way (chance 2%) |"
+    assert header in markdown
+    ours, published = markdown.split("### Published in the paper (its Table 3), measured on NSD")
+    assert "| full | fCAE | F+I+T | 102M | 26.3% |" in published
+    assert "| ablation 5 | MAE | F | 86M | 16.4% |" in published and "| ablation" not in ours
     rows = list(csv.DictReader(io.StringIO(text)))
     assert float(rows[0]["recon_clip_50way_mean"]) == pytest.approx(0.3)
     assert float(rows[0]["stage2_top1_50way_mean"]) == pytest.approx(0.1)
@@ -180,6 +217,7 @@ def test_plot_curves(tmp_path):
 
 def test_report_references_existing_files_only(tmp_path):
     run = _fake_run(tmp_path)
+    (run / "fcae" / "seed1" / "recon" / "grid.json").unlink()  # a ridge yardstick or an older run
     report = write_report(run)
     assert report == run / "report.html"
     page = report.read_text()
@@ -191,13 +229,98 @@ def test_report_references_existing_files_only(tmp_path):
     assert not any("://" in ref for ref in parser.refs)  # self-contained: no external CSS/JS/images
     refs = set(parser.refs)
     assert "fcae/seed1/recon/grid.png" in refs and "plots/shared_ldm_vq.png" in refs
+    assert "fcae/seed0/recon/grid.png" not in refs  # its labelled tiles instead
     assert {f"plots/{m}_seed{s}_stage{k}.png" for m in SCORES for s in (0, 1) for k in (1, 2, 3)} <= refs
     assert "MinD-Vis &lt;repro&gt;" in page and "<repro>" not in page  # escaped
     assert "no weights on disk" in page  # skipped metrics are said, not hidden
+    # ... and those that only lack a checkpoint share one short note naming the files and their folder
+    assert page.count("needs the checkpoint") == 0 and page.count("skipped inception, lpips_alex:") == 4
+    assert "copy inception.pth, lpips_alex.pth into /hub/checkpoints (TORCH_HOME)" in page
     assert "top1_2way 0.6000 (chance 0.50)" in page and "top1_50way_subj01" in page  # per subject too
     assert "(chance 0.02)" in page
     for name in ("table2.md", "table2.csv"):
         assert (run / name).stat().st_size > 0
+
+
+class _Cells(HTMLParser):
+    """The text of every table header and cell, and the figure captions, in page order."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells: list[tuple[str, str]] = []
+        self._open: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("th", "td", "figcaption", "h2", "h4"):
+            self._open = tag
+            self.cells.append((tag, ""))
+
+    def handle_endtag(self, tag):
+        self._open = None if tag == self._open else self._open
+
+    def handle_data(self, data):
+        if self._open:
+            tag, text = self.cells[-1]
+            self.cells[-1] = (tag, text + data)
+
+
+def test_report_grids_are_labelled_per_subject_and_side_by_side(tmp_path):
+    run = _fake_run(tmp_path)
+    page = write_report(run).read_text()
+    parser = _Cells()
+    parser.feed(page)
+    headings = [text for tag, text in parser.cells if tag in ("h2", "h4")]
+    assert "reconstructions, subj01" in headings and "reconstructions, subj02" in headings
+    headers = [text for tag, text in parser.cells if tag == "th"]
+    assert headers.count("target") == 2 * 2 * 2 + 1  # 2 methods x 2 seeds x 2 subjects, + side by side
+    assert headers.count("sample 1") == headers.count("sample 2") == 8
+    # the side-by-side table: one column per method (its first seed) on the same targets
+    assert "fCAE (ours), seed 0" in headers and "MinD-Vis <repro>, seed 0" in headers
+    assert "fCAE (ours), seed 1" not in headers
+    captions = [text for tag, text in parser.cells if tag == "figcaption"]
+    assert captions.count("subj02_1: a red square 1") == 4 + 1  # under every target
+    assert page.count("src='fcae/seed0/recon/images/subj01_0_1.png'") == 1  # sample 2, once
+    assert page.count("src='mindvis/seed0/recon/images/subj01_0_0.png'") == 2  # its grid + side by side
+    # tiles are enlarged without smoothing
+    assert re.search(r"img\.tile \{[^}]*width: \d{3}px[^}]*image-rendering: pixelated", page)
+
+
+def test_report_gives_chance_beside_every_identification_figure(tmp_path):
+    run = _fake_run(tmp_path / "t3", names={"fcae": "fcae_FIT", "mindvis": "mae_F"})
+    page = write_report(run).read_text()
+    parser = _Cells()
+    parser.feed(page)
+    cells = [text for _, text in parser.cells]
+    # Table 3's identification columns name their chance
+    assert "top-1 50-way (chance 2%)" in cells and "top-1 2-way (chance 50%)" in cells
+    assert "stage-2 top-1 50-way (chance 2%)" in cells
+    # per-run metrics tables: a chance column, filled for every identification metric and only those
+    rows = re.findall(r"<tr><td>(\w+)</td><td>(\w+)</td><td>([\d.]*)</td>", page)
+    chance = {(block, name): value for block, name, value in rows}
+    assert chance[("raw", "clip_2way")] == "0.50" and chance[("raw", "clip_50way")] == "0.02"
+    assert chance[("pairwise", "pairwise_mse")] == "0.50" and chance[("perceptual", "alexnet2")] == "0.50"
+    assert chance[("raw", "mse")] == "" and chance[("raw", "clip_score")] == ""
+    # the stage-2 identification line: every figure, per subject too
+    line = next(line for line in page.splitlines() if "identification among CLIP image embeddings" in line)
+    assert "top1_2way 0.6000 (chance 0.50)" in line and "top1_50way_subj01 0.0800 (chance 0.02)" in line
+
+
+def test_published_rows_stand_apart_in_the_report(tmp_path):
+    page = write_report(_fake_run(tmp_path)).read_text()
+    ours = page.index("<h2>Table 2: reconstruction, this run")
+    published = page.index("<h2>Published in the paper (its Table 2), measured on NSD")
+    section = page[published : page.index("</table>", published)]
+    assert ours < published and "Mind-vis" in section and "fCAE (ours)" not in section
+    assert "Mind-vis" not in page[ours:published]
+
+
+def test_loss_plot_titles_name_the_run_and_stage(tmp_path, monkeypatch):
+    import lightning_fcae.report.page as page_module
+
+    titles = []
+    monkeypatch.setattr(page_module, "plot_curves", lambda stage, png, title: titles.append(title))
+    write_report(_fake_run(tmp_path))
+    assert "fCAE (ours), seed 1: stage2 loss" in titles and "shared stand-in: ldm_vq loss" in titles
 
 
 def test_a_resumed_stage_keeps_its_loss_history(tmp_path):

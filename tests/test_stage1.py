@@ -43,6 +43,11 @@ def test_cli_fast_dev_run(config, toy_dataset, tmp_path, monkeypatch):
     assert cli.trainer.state.finished
     assert cli.model.hparams.num_voxels == 80  # linked from the DataModule
     assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
+    # a smoke test skips the linear probe (a pass over train and val whose figure would be discarded)
+    assert any(isinstance(c, LinearProbe) for c in cli.trainer.callbacks)
+    assert (
+        "val/loss" in cli.trainer.callback_metrics and "probe/shape_acc" not in cli.trainer.callback_metrics
+    )
 
 
 def test_a_rerun_replaces_the_checkpoint_the_next_stage_reads(toy_dataset, tmp_path, monkeypatch):
@@ -137,7 +142,14 @@ def test_fcae_learns_on_synthetic_benchmark(synthetic_tiny, tmp_path):
     # probe finds real signal in the latents: well above chance and above a shuffled-label probe.
     accuracy, control = _probe(module, dm), _probe(module, dm, shuffle_labels=True)
     assert accuracy > chance + 0.08 and accuracy > control + 0.08, (accuracy, control)
-    assert 0.0 <= trainer.callback_metrics["probe/shape_acc"] <= 1.0
+    assert 0.0 <= trainer.callback_metrics["probe/shape_acc"] <= 1.0  # outside fast_dev_run, it probes
+
+
+def test_probe_features_stop_at_their_cap(toy_dataset):
+    dm = NSDDataModule(str(toy_dataset), batch_size=4, num_workers=0, with_images=False)
+    module = FCAEPretrain(dm.num_voxels, size="tiny")
+    features, labels = probe_features(module, dm, "train", "shape", max_samples=6, progress=True)
+    assert features.shape[0] == labels.shape[0] == 6
 
 
 def test_probe_of_a_label_the_dataset_lacks_warns_and_training_goes_on(toy_dataset, tmp_path):

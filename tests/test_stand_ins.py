@@ -89,7 +89,7 @@ def test_verify_command_reports_in_one_line(tmp_path, synthetic_tiny, capsys):
     assert capsys.readouterr().err.startswith("error: stand-in file")
 
 
-def test_train_ships_cards_checks_and_hashes_that_load(tmp_path, synthetic_tiny, monkeypatch):
+def test_train_ships_cards_checks_and_hashes_that_load(tmp_path, synthetic_tiny, monkeypatch, capsys):
     """`make stand-ins` end to end on the tiny profile (two steps per stand-in): the folder it writes
     verifies, its cards carry the checks and hashes, and a pipeline plan can use it."""
     from lightning_fcae.plan import deep_merge
@@ -104,6 +104,8 @@ def test_train_ships_cards_checks_and_hashes_that_load(tmp_path, synthetic_tiny,
     out = tmp_path / "stand-ins"
     args = ["train", "--plan", str(path), "--runs", str(tmp_path / "runs"), "--out", str(out)]
     assert stand_ins_main([*args, "--configs", str(REPO / "configs")]) == 0
+    starts = [line.split(" · ")[0] for line in capsys.readouterr().out.splitlines() if " · " in line]
+    assert starts == ["[1/4", "[2/4", "[3/4", "[4/4"]  # every stand-in's task was planned
     stand_ins = load_stand_ins(out, synthetic_tiny)
     figures = json.loads((out / "checks.json").read_text())
     assert figures["test_images"] == 48 and 0 <= figures["samples"]["caption"]["shape"] <= 1

@@ -59,3 +59,22 @@ def test_data_wait_is_the_loading_time(tmp_path):
     fast = _logged(tmp_path / "fast", delay=0.0)
     assert fast["perf/data_wait_ms"] < 45
     assert set(fast) == {"perf/data_wait_ms", "perf/step_ms", "perf/data_wait_fraction"}
+
+
+def test_progress_estimates_the_time_left_from_the_work_run_now(monkeypatch):
+    from lightning_fcae import progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    state = progress.Progress({"a": 10.0, "b": 30.0, "c": 60.0}, started=now[0])
+    assert (
+        state.line("a") == "[1/3 · 0% done · 0:00 elapsed · time left: known after the first stage that runs]"
+    )
+    state.finish("a", None)  # done before: counts as done, not towards the rate
+    now[0] += 75
+    state.finish("b", 45.0)  # 30 units in 45 s: the 60 left take ~90 s
+    assert state.line("c") == "[3/3 · 40% done · 1:15 elapsed · ~1:30 left]"
+    assert progress.clock(3725) == "1:02:05"
+    # a fit stops at whichever limit comes first: max_steps x batch or max_epochs passes
+    assert progress.fit_work({"max_steps": 10, "max_epochs": 5}, 8, 100) == 80
+    assert progress.fit_work({"max_steps": -1, "max_epochs": 2}, 8, 100) == 200

@@ -4,22 +4,48 @@ from __future__ import annotations
 
 import itertools
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.utils import make_grid, save_image
+from PIL import Image, ImageDraw, ImageFont
 
 from .schema import CAPTIONS_KEY, IMAGE_KEYS, Manifest, ShardIntegrityError
 from .shards import check_shard_file, decode_fmri, decode_image, decode_json, read_shards, validate_captions
 from .transforms import image_to_uint8_chw
+
+TILE = 128  # px a sample is shown at, enlarged without smoothing so small images stay legible
+CAPTION_LINES = 3
+
+
+def captioned_grid(images: list[np.ndarray], captions: list[str], columns: int) -> Image.Image:
+    """``[3, H, W]`` uint8 images, each enlarged to :data:`TILE` px (nearest neighbour) with its caption
+    wrapped in the space under it."""
+    font = ImageFont.load_default()
+    line_height = 12
+    cell_w, cell_h = TILE + 8, TILE + 8 + CAPTION_LINES * line_height
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (image, caption) in enumerate(zip(images, captions)):
+        x, y = (index % columns) * cell_w + 4, (index // columns) * cell_h + 4
+        tile = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).resize(
+            (TILE, TILE), Image.NEAREST
+        )
+        sheet.paste(tile, (x, y))
+        lines = textwrap.wrap(caption, width=TILE // 6, max_lines=CAPTION_LINES, placeholder=" ...")
+        for row, text in enumerate(lines):
+            draw.text((x, y + TILE + 2 + row * line_height), text, fill="black", font=font)
+    return sheet
 
 
 def inspect_dataset(
     root: str | Path, grid: Path | None = None, verify: bool = False, n_images: int = 16
 ) -> str:
     """Summarise the manifest, check every shard's size (and sha256 with ``verify``), and save a grid
-    of sample images. Sizes cost a stat each, so a truncated shard never passes as a healthy dataset."""
+    of sample images with their captions to ``grid`` (default ``inspect.png`` in the working
+    directory: a dataset folder may be read-only or shared, so nothing is written into it). Sizes cost
+    a stat each, so a truncated shard never passes as a healthy dataset."""
     root = Path(root)
     manifest = Manifest.load(root)
     lines = [f"dataset {manifest.name} (format v{manifest.format_version}) at {root}"]
@@ -48,20 +74,20 @@ def inspect_dataset(
     )
 
     split = "test" if "test" in manifest.splits else next(iter(manifest.splits))
-    images, captions = [], []
+    images, captions, labels = [], [], []
     for raw in itertools.islice(read_shards(root, manifest.splits[split].shards), n_images):
         key = raw["__key__"]
         meta = decode_json(raw["meta.json"], key, "meta.json")
         fmri = decode_fmri(raw["fmri.npy"], manifest.subjects[meta["subject"]], key, raw.get("__url__"))
         image_key = next(k for k in IMAGE_KEYS if k in raw)
-        images.append(image_to_uint8_chw(decode_image(raw[image_key], key), manifest.image_size))
+        images.append(image_to_uint8_chw(decode_image(raw[image_key], key), manifest.image_size).numpy())
         caption = validate_captions(decode_json(raw[CAPTIONS_KEY], key, CAPTIONS_KEY), key)[0]
         captions.append(f"{key}: fmri {list(fmri.shape)} mean {np.mean(fmri):+.2f} | {caption}")
-    grid = grid or root / "inspect.png"
+        labels.append(f"{key}: {caption}")
+    grid = Path(grid or "inspect.png")
     if images:
-        save_image(
-            make_grid(torch.stack(images).float() / 255, nrow=int(np.ceil(np.sqrt(len(images))))), grid
-        )
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        captioned_grid(images, labels, columns=int(np.ceil(np.sqrt(len(images))))).save(grid)
         lines.append(f"first {len(images)} {split} samples (grid: {grid}):")
         lines.extend("  " + c for c in captions)
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_warn
+from tqdm import tqdm
 
 Pooling = Literal["groups", "mean", "tokens"]
 
@@ -71,15 +72,21 @@ def probe_features(
     pool: Pooling = "groups",
     groups: int = 16,
     max_samples=None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled latents and labels of ``split`` (or its first ``max_samples``), in eval mode.
+    """Pooled latents and labels of ``split`` (or its first ``max_samples``), in eval mode; ``progress``
+    shows a bar over the samples read, since a pass over a large split takes minutes.
 
     ``pl_module.latents(fmri) -> [b, n, d]`` supplies the encoder's patch latents, unmasked.
     """
     was_training = pl_module.training
     pl_module.eval()
     features, labels, seen = [], [], 0
+    total = datamodule.num_samples(split)
+    total = total if max_samples is None else min(total, max_samples)
+    bar = tqdm(total=total, desc=f"linear probe ({split})", unit="sample", leave=False, disable=not progress)
     for batch in datamodule.eval_dataloader(split):
+        bar.update(len(batch["fmri"]))
         if label not in batch["labels"]:  # no sample of this batch carries the label
             continue
         keep = batch["labels"][label] >= 0
@@ -89,6 +96,7 @@ def probe_features(
         seen += int(keep.sum())
         if max_samples is not None and seen >= max_samples:
             break
+    bar.close()
     pl_module.train(was_training)
     if not seen:
         raise ValueError(
@@ -102,13 +110,17 @@ class LinearProbe(L.Callback):
     """After a validation epoch: fit the ridge probe on training latents, log ``probe/<label>_acc`` on
     the validation split (never on test: choosing lambda by test accuracy would leak).
 
+    Skipped in the sanity check and in ``fast_dev_run`` (a smoke test: its probe would cost a pass over
+    the data and its figure is discarded). Each probe reads at most ``max_train_samples`` +
+    ``max_val_samples`` samples, with a progress bar when the trainer shows one.
+
     Args:
         label: key of meta.json ``labels`` to predict (synthetic: ``shape``, ``color``, ``count``).
         pool / groups: how patch latents become one vector (see the module docstring).
         alpha: ridge strength relative to the sample count.
-        max_train_samples: cap on training samples (shards are read in order, so a cap favours the
-            first subjects); None = all.
-        every_n_epochs: probe frequency (each probe costs one eval pass over train and val).
+        max_train_samples / max_val_samples: caps on the samples read (shards are read in order, so a
+            cap favours the first subjects); None = all.
+        every_n_epochs: probe frequency.
     """
 
     def __init__(
@@ -117,20 +129,28 @@ class LinearProbe(L.Callback):
         pool: Pooling = "groups",
         groups: int = 16,
         alpha: float = 0.1,
-        max_train_samples: int | None = None,
+        max_train_samples: int | None = 2000,
+        max_val_samples: int | None = 1000,
         every_n_epochs: int = 1,
     ):
         self.label, self.pool, self.groups, self.alpha = label, pool, groups, alpha
-        self.max_train_samples, self.every_n_epochs = max_train_samples, every_n_epochs
+        self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
+        self.every_n_epochs = every_n_epochs
         self.unavailable = False  # set when the dataset has no sample with ``label``
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.unavailable or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or trainer.fast_dev_run or self.unavailable:
             return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        progress = trainer.progress_bar_callback is not None and trainer.is_global_zero
+        caps = (("train", self.max_train_samples), ("val", self.max_val_samples))
         try:
             features = [
-                probe_features(pl_module, trainer.datamodule, split, self.label, self.pool, self.groups, cap)
-                for split, cap in (("train", self.max_train_samples), ("val", None))
+                probe_features(
+                    pl_module, trainer.datamodule, split, self.label, self.pool, self.groups, cap, progress
+                )
+                for split, cap in caps
             ]
         # a probe is a diagnostic: a dataset without its label must not end training
         except ValueError as exc:

@@ -32,6 +32,26 @@ from .torchscript import UnsafeArchiveError, is_torchscript_archive, read_torchs
 
 log = logging.getLogger(__name__)
 
+
+class _DropRandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... Model initialized randomly"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def create_random_model(model_name: str, **kwargs) -> nn.Module:
+    """``open_clip.create_model`` without weights, for a model meant to start random (a CLIP trained
+    from scratch, a test model): open_clip's notice that it was initialised randomly (on the root
+    logger) would only alarm there."""
+    notice = _DropRandomInitNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        return open_clip.create_model(model_name, **kwargs)
+    finally:
+        logging.getLogger().removeFilter(notice)
+
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs" / "clip"
 open_clip.add_model_config(CONFIG_DIR)
 
@@ -248,7 +268,7 @@ def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = N
         raise ValueError(f"unknown CLIP model {model_name!r}; open_clip knows {open_clip.list_models()}")
     if pretrained is None:
         log.warning("CLIP %s with random weights (pretrained=None): only meaningful in tests", model_name)
-        return FrozenClip(open_clip.create_model(model_name), model_name)
+        return FrozenClip(create_random_model(model_name), model_name)
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg:  # not a tag of this model: a local file
         path = Path(pretrained).expanduser()

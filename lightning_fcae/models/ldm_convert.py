@@ -14,7 +14,6 @@ UNets with spatial transformers (every cross-attention LDM). Anything else raise
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import re
 import sys
@@ -30,6 +29,7 @@ from diffusers.loaders.single_file_utils import (
     create_unet_diffusers_config_from_ldm,
 )
 
+from ..parsers import convert_ldm_parser
 from .ldm import LDM, build_vq, save_ldm
 
 VQ_PREFIX = "first_stage_model."
@@ -205,19 +205,7 @@ def convert_compvis_ldm(
 
 def main(argv: list[str] | None = None) -> int:
     """``lightning-fcae convert-ldm CKPT --config YAML --out DIR``."""
-    parser = argparse.ArgumentParser(prog="lightning-fcae convert-ldm", description=__doc__.splitlines()[0])
-    parser.add_argument("ckpt", type=Path, help="CompVis checkpoint (.ckpt or .safetensors)")
-    parser.add_argument("--config", type=Path, required=True, help="its LatentDiffusion YAML config")
-    parser.add_argument("--out", type=Path, required=True, help="diffusers directory to write")
-    parser.add_argument("--extract-ema", action="store_true", help="use the EMA UNet weights")
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="unpickle the checkpoint in full, which can execute arbitrary code from it: only for a file "
-        "from a source you know",
-    )
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
+    args = convert_ldm_parser().parse_args(argv)
     try:  # these are the user's inputs being wrong or unsupported: a message, not a traceback
         out = convert_compvis_ldm(
             args.ckpt, args.config, args.out, args.extract_ema, args.trust_pickle, args.overwrite

@@ -7,6 +7,7 @@ zipped as it is.
 from __future__ import annotations
 
 import html
+import json
 import re
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,10 @@ from urllib.parse import quote
 
 from .curves import plot_curves
 from .runs import load_summaries
-from .tables import DASH, Table, data_note, render, table_parts
+from .tables import DASH, Table, chance_level, data_note, render, table_parts
+
+# where torchvision looks for the perceptual metrics' checkpoints, named in their skip reasons
+MISSING_CHECKPOINT = re.compile(r"needs the checkpoint (\S+) at (\S+) ")
 
 
 def _e(text: object) -> str:
@@ -35,26 +39,140 @@ def _html_table(table: Table, title_tag: str = "h2") -> str:
 
 
 def _metric_table(recon: dict) -> Table:
-    """One seed's metrics: every block (raw, pairwise, perceptual), mean over subjects and per subject."""
+    """One seed's metrics: every block (raw, pairwise, perceptual), mean over subjects and per subject,
+    each identification metric beside its chance level."""
     subjects = list(recon.get("meta", {}).get("subjects", {}))
-    table = Table("metrics (mean over subjects, then per subject)", ["block", "metric", "mean", *subjects])
+    table = Table(
+        "metrics (mean over subjects, then per subject)", ["block", "metric", "chance", "mean", *subjects]
+    )
     for block, scores in recon.items():
         if block == "meta" or not isinstance(scores, dict):
             continue
         for name, mean in scores.get("mean", {}).items():
             per = [scores.get("per_subject", {}).get(s, {}).get(name) for s in subjects]
-            table.rows.append([block, name, f"{mean:.4f}", *(DASH if v is None else f"{v:.4f}" for v in per)])
-        table.notes += [f"{block} skipped {name}: {why}" for name, why in scores.get("skipped", {}).items()]
+            chance = chance_level(name, block)
+            table.rows.append(
+                [block, name, "" if chance is None else f"{chance:.2f}", f"{mean:.4f}"]
+                + [DASH if v is None else f"{v:.4f}" for v in per]
+            )
+    table.notes = _skipped_notes(recon)
     return table
 
 
-def _curves_html(run_dir: Path, stage_root: Path, prefix: str) -> str:
-    """Loss-curve images of every stage below ``stage_root``, written to ``run_dir/plots``, each linked
-    to its stage's config.yaml when there is one."""
+def _skipped_notes(recon: dict) -> list[str]:
+    """Why metrics were skipped, short: the metrics that only lack a pretrained checkpoint (every one of
+    MindEye's and LPIPS' networks, on a machine without them) share one note naming the files to copy
+    and where; any other reason is said as it is."""
+    notes, names, files, folders = [], [], [], set()
+    for block, scores in recon.items():
+        for name, why in (scores.get("skipped", {}) if isinstance(scores, dict) else {}).items():
+            if match := MISSING_CHECKPOINT.search(why):
+                names.append(name)
+                files.append(match.group(1))
+                folders.add(str(Path(match.group(2)).parent))
+            else:
+                notes.append(f"{block} {name} skipped: {why}")
+    if names:
+        notes.insert(
+            0,
+            f"skipped {', '.join(names)}: no pretrained checkpoint on disk; copy "
+            f"{', '.join(dict.fromkeys(files))} into {', '.join(sorted(folders))} (TORCH_HOME) to score them "
+            "(README: Models and weights offline).",
+        )
+    return notes
+
+
+def _grid_rows(recon_dir: Path) -> tuple[list[dict], int] | None:
+    """The samples of ``recon/grid.json`` (key, subject, caption) and the samples per image, when the
+    reconstruction wrote one and every tile it names is on disk; None for a grid.png alone (a ridge
+    yardstick, or a run from before grid.json)."""
+    path = recon_dir / "grid.json"
+    if not path.is_file():
+        return None
+    grid = json.loads(path.read_text())
+    rows, samples = grid["rows"], int(grid["samples"])
+    tiles = [recon_dir / "truth" / f"{r['key']}.png" for r in rows]
+    tiles += [recon_dir / "images" / f"{r['key']}_{i}.png" for r in rows for i in range(samples)]
+    return (rows, samples) if all(t.is_file() for t in tiles) else None
+
+
+def _tile(run_dir: Path, path: Path, alt: str, caption: str = "") -> str:
+    """One image cell, enlarged without smoothing (CSS), with an optional caption under it."""
+    under = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f"<td><figure><img class='tile' src='{_link(run_dir, path)}' alt='{_e(alt)}'>{under}</figure></td>"
+
+
+def _target(run_dir: Path, recon_dir: Path, row: dict) -> str:
+    """The seen image's cell, captioned with its sample key and first caption."""
+    caption = f"{row['key']}: {row.get('caption', '')}"
+    return _tile(run_dir, recon_dir / "truth" / f"{row['key']}.png", f"target {row['key']}", caption)
+
+
+def _grid_html(run_dir: Path, recon_dir: Path) -> str:
+    """A seed's reconstructions, one labelled table per subject: the target (with its caption), then
+    each sample; grid.png alone (no labels to give) is shown enlarged with a caption saying its layout."""
+    found = _grid_rows(recon_dir)
+    if found is None:
+        grid = recon_dir / "grid.png"
+        if not grid.is_file():
+            return ""
+        return (
+            f"<figure><img class='grid' src='{_link(run_dir, grid)}' alt='targets and reconstructions'>"
+            "<figcaption>each test image, then its reconstruction(s) to its right (first test trials, "
+            "enlarged without smoothing)</figcaption></figure>"
+        )
+    rows, samples = found
+    head = "<tr><th>target</th>" + "".join(f"<th>sample {i + 1}</th>" for i in range(samples)) + "</tr>"
+    out = []
+    for subject in dict.fromkeys(r["subject"] for r in rows):
+        body = ""
+        for row in (r for r in rows if r["subject"] == subject):
+            images = recon_dir / "images"
+            tiles = [
+                _tile(run_dir, images / f"{row['key']}_{i}.png", f"sample {i + 1}") for i in range(samples)
+            ]
+            body += "<tr>" + _target(run_dir, recon_dir, row) + "".join(tiles) + "</tr>"
+        out.append(
+            f"<div><h4>reconstructions, {_e(subject)}</h4><table class='grid'>{head}{body}</table></div>"
+        )
+    return "<div class='grids'>" + "\n".join(out) + "</div>"  # subjects side by side where they fit
+
+
+def _side_by_side_html(run_dir: Path, summaries: list[dict]) -> str:
+    """Each method's first sample on the same test images, side by side (the lowest seed of each method
+    that wrote a labelled grid): how the methods differ, seen rather than scored."""
+    firsts: dict[str, dict] = {}
+    for summary in summaries:  # sorted by method, then seed
+        if summary["method"] not in firsts and _grid_rows(summary["dir"] / "recon"):
+            firsts[summary["method"]] = summary
+    if len(firsts) < 2:
+        return ""
+    grids = {method: _grid_rows(s["dir"] / "recon")[0] for method, s in firsts.items()}
+    reference = next(iter(firsts.values()))
+    keys = set.intersection(*({r["key"] for r in rows} for rows in grids.values()))
+    head = "<tr><th>target</th>" + "".join(
+        f"<th>{_e(s.get('label', m))}, seed {_e(s['seed'])}</th>" for m, s in firsts.items()
+    )
+    body = ""
+    for row in (r for r in grids[reference["method"]] if r["key"] in keys):
+        body += "<tr>" + _target(run_dir, reference["dir"] / "recon", row)
+        for method, summary in firsts.items():
+            image = summary["dir"] / "recon" / "images" / f"{row['key']}_0.png"
+            body += _tile(run_dir, image, f"{summary.get('label', method)} {row['key']}")
+        body += "</tr>"
+    return (
+        "<h2>Reconstructions side by side (sample 1 of each method, same test images)</h2>"
+        f"<table class='grid'>{head}</tr>{body}</table>"
+    )
+
+
+def _curves_html(run_dir: Path, stage_root: Path, prefix: str, name: str) -> str:
+    """Loss-curve images of every stage below ``stage_root``, written to ``run_dir/plots`` and titled
+    ``name: stage``, each linked to its stage's config.yaml when there is one."""
     parts = []
     for stage in sorted(p for p in stage_root.iterdir() if p.is_dir()):
         png = run_dir / "plots" / f"{prefix}_{stage.name}.png"
-        if not plot_curves(stage, png):
+        if not plot_curves(stage, png, title=f"{name}: {stage.name} loss"):
             continue
         config = stage / "config.yaml"
         caption = _e(stage.name)
@@ -78,13 +196,7 @@ def _seed_html(run_dir: Path, summary: dict) -> str:
     if (seed_dir / "recon" / "metrics.json").is_file():
         links.append(f"<a href='{_link(run_dir, seed_dir / 'recon' / 'metrics.json')}'>metrics.json</a>")
     out.append("<p>" + " · ".join(links) + "</p>")
-    grid = seed_dir / "recon" / "grid.png"
-    if grid.is_file():
-        out.append(
-            f"<figure><img class='grid' src='{_link(run_dir, grid)}' alt='truth | reconstructions'>"
-            "<figcaption>each test image, then its reconstruction(s) to its right (first test trials, "
-            "enlarged without smoothing)</figcaption></figure>"
-        )
+    out.append(_grid_html(run_dir, seed_dir / "recon"))
     if summary.get("recon"):
         out.append(_html_table(_metric_table(summary["recon"]), "h4"))
     if summary.get("identification"):
@@ -94,14 +206,15 @@ def _seed_html(run_dir: Path, summary: dict) -> str:
     if summary.get("seconds"):
         times = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
         out.append(f"<p>time: {_e(times)}</p>")
-    out.append(_curves_html(run_dir, seed_dir, prefix))
+    name = f"{summary.get('label', summary['method'])}, seed {summary['seed']}"
+    out.append(_curves_html(run_dir, seed_dir, prefix, name))
     return "\n".join(out)
 
 
 def _chance(key: str) -> str:
-    """Chance level of an identification key: ``top1_<n>way`` or per subject ``top1_<n>way_<subject>``."""
-    match = re.match(r"top1_(\d+)way(?:_|$)", key)
-    return f"{1 / int(match.group(1)):.2f}" if match else "?"
+    """Chance level of an identification key, as the page prints it."""
+    chance = chance_level(key)
+    return "?" if chance is None else f"{chance:.2f}"
 
 
 STYLE = """
@@ -110,8 +223,11 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #bbb; padding: 2px 8px; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 .note { color: #555; font-size: small; margin: 0.2em 0; }
-.curves { display: flex; flex-wrap: wrap; gap: 8px; }
+.curves, .grids { display: flex; flex-wrap: wrap; gap: 8px 24px; }
 img.grid { width: 100%; max-width: 1100px; image-rendering: pixelated; }
+img.tile { width: 160px; height: 160px; image-rendering: pixelated; display: block; }
+table.grid td, table.grid th { border: none; padding: 2px; text-align: center; vertical-align: top; }
+table.grid figcaption { max-width: 160px; font-size: small; text-align: left; }
 figure { margin: 0; }
 """
 
@@ -138,17 +254,19 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     summaries = load_summaries(run_dir)
     run = summaries[0].get("run", run_dir.name)
-    body = [f"<h1>lightning-fcae run {_e(run)}</h1>", _meta_html(run_dir, summaries)]
+    body = [f"<h1>fMRI reconstruction report: {_e(run)}</h1>", _meta_html(run_dir, summaries)]
     for name, parts in table_parts(summaries).items():
         markdown, text = render(parts)
         (run_dir / f"{name}.md").write_text(markdown, encoding="utf-8")
         (run_dir / f"{name}.csv").write_text(text, encoding="utf-8")
         body += [_html_table(table) for table in parts[0]]
         body.append(f"<p><a href='{name}.md'>{name}.md</a> · <a href='{name}.csv'>{name}.csv</a></p>")
+    body.append(_side_by_side_html(run_dir, summaries))
     body.append("<h2>Runs</h2>")
     body += [_seed_html(run_dir, s) for s in summaries]
     if (run_dir / "shared").is_dir():
-        body += ["<h2>Shared stand-ins</h2>", _curves_html(run_dir, run_dir / "shared", "shared")]
+        shared = _curves_html(run_dir, run_dir / "shared", "shared", "shared stand-in")
+        body += ["<h2>Shared stand-ins</h2>", shared]
     page = (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{_e(run)}</title>"
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"

@@ -2,19 +2,22 @@
 HTML page reuses, so the two never disagree).
 
 Our rows are mean ± std over seeds (std with ddof=1, just the mean for one seed) on the run's own data;
-the paper's rows are its published NSD numbers, copied, never rerun: the two only compare when the run
-used NSD with the paper's settings.
+the paper's rows are its published NSD numbers, copied, never rerun, in tables of their own: the two only
+compare when the run used NSD with the paper's settings.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import statistics
 from dataclasses import dataclass, field
 
 PUBLISHED_T2 = "published (NSD, paper Table 2)"
 PUBLISHED_T3 = "published (NSD, paper Table 3)"
+# a published table sits apart from ours, titled with its dataset: the two compare only on NSD
+PUBLISHED_TITLE = "Published in the paper (its Table {n}), measured on NSD: copied, not rerun here"
 # (label, params in M, MSE, PixCorr, SSIM, CLIP)
 PAPER_TABLE2 = (
     ("Mind-vis", 303, 0.513, 0.214, 0.260, 0.55),
@@ -37,6 +40,8 @@ CSV_RAW = ("mse", "pixcorr", "ssim", "clip_score", "clip_2way", "clip_50way")
 PAIRWISE = (("pairwise_mse", "MSE"), ("pairwise_pcc", "PixCorr (PCC)"), ("pairwise_ssim", "SSIM"))
 TOP1 = ("top1_50way", "top1_2way")
 DASH = "–"
+# MindEye's perceptual metrics that are 2-way identifications (metrics/perceptual.py, kind "2-way")
+PERCEPTUAL_2WAY = ("alexnet2", "alexnet5", "inception", "clip")
 RIDGE_NOTE = (
     "Ridge yardstick: a closed-form ridge from voxels per subject (penalty chosen on val), predicting the "
     "pixels at the reconstructions' resolution, scored exactly as the reconstructions are; a method below "
@@ -52,6 +57,24 @@ class Table:
     header: list[str]
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def chance_level(name: str, block: str = "") -> float | None:
+    """What guessing scores on an identification metric, so every such figure can be read against it:
+    ``1/n`` for n-way top-1 (``top1_<n>way``, per subject ``top1_<n>way_<subject>``, ``clip_<n>way``),
+    0.5 for the pair-wise and MindEye 2-way metrics; None for a metric that is no identification."""
+    if match := re.fullmatch(r"(?:top1|clip)_(\d+)way(?:_.+)?", name):
+        return 1 / int(match.group(1))
+    if block == "pairwise" or name.startswith("pairwise_"):
+        return 0.5
+    if block == "perceptual" and name in PERCEPTUAL_2WAY:
+        return 0.5
+    return None
+
+
+def _nway_header(prefix: str, n: int) -> str:
+    """A top-1 column's header with its chance level, e.g. ``top-1 50-way (chance 2%)``."""
+    return f"{prefix} {n}-way (chance {100 * chance_level(f'top1_{n}way'):g}%)"
 
 
 def mean_std(values: list[float], digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
@@ -126,16 +149,18 @@ def data_note(summaries: list[dict]) -> str:
 
 
 def _table2_parts(summaries: list[dict]) -> tuple[list[Table], list[list[str]]]:
-    """Table 2 (raw convention, with the published rows), the pairwise table, and the CSV rows."""
+    """Table 2 (raw convention), the pair-wise table, the paper's published rows in a table of their
+    own (they were measured on NSD, ours on this run's data), and the CSV rows."""
     groups = _by_method(summaries, "recon", "table2")
     raw = Table(
-        "Table 2: reconstruction (raw convention: MindEye / the paper)",
+        "Table 2: reconstruction, this run (raw convention: MindEye / the paper)",
         ["Model", "Params", *(name for _, name in TABLE2_RAW), "n seeds"],
     )
     pairwise = Table(
         "Table 2, pair-wise convention (MinD-Vis / vis-dec: fraction of other images matched worse; chance 0.5)",
         ["Model", *(name for _, name in PAIRWISE), "n seeds"],
     )
+    published = Table(PUBLISHED_TITLE.format(n=2), ["Model", "Params", *(name for _, name in TABLE2_RAW)])
     header = ["source", "method", "label", "n_seeds", "params_total_M"]
     header += [f"raw_{k}_{s}" for k in CSV_RAW for s in ("mean", "std")]
     header += [f"{k}_{s}" for k, _ in PAIRWISE for s in ("mean", "std")]
@@ -153,35 +178,43 @@ def _table2_parts(summaries: list[dict]) -> tuple[list[Table], list[list[str]]]:
         row += [x for k, _ in PAIRWISE for x in _stats(_values(group, "recon", "pairwise", "mean", k))]
         rows.append(row)
     for label, params, *scores in PAPER_TABLE2:
-        raw.rows.append([f"{label} [{PUBLISHED_T2}]", f"{params}M", *(f"{v:.3f}" for v in scores), DASH])
-        published = dict(zip(("mse", "pixcorr", "ssim", "clip_score"), scores))
+        published.rows.append([label, f"{params}M", *(f"{v:.3f}" for v in scores)])
+        paper = dict(zip(("mse", "pixcorr", "ssim", "clip_score"), scores))
         row = [PUBLISHED_T2, "", label, "", str(params)]
-        row += [x for k in CSV_RAW for x in (repr(published[k]) if k in published else "", "")]
+        row += [x for k in CSV_RAW for x in (repr(paper[k]) if k in paper else "", "")]
         rows.append(row + ["", ""] * len(PAIRWISE))
     raw.notes = [
-        f"Ours: mean ± std over seeds (ddof=1) on {data_note(summaries)}.",
-        f"Rows marked [{PUBLISHED_T2}] are copied from the paper, not rerun here: they compare with ours "
-        "only for a run on NSD with the paper's settings.",
+        f"Mean ± std over seeds (ddof=1) on {data_note(summaries)}.",
         "CLIP = mean cosine of CLIP image embeddings (the paper's 'CLIP Score'); params = the whole "
         "stage-3 model; MSE/PixCorr/SSIM on the reconstructions' uint8 pixels, metrics per subject then "
         "averaged.",
     ]
     pairwise.notes = ["The paper publishes no pair-wise numbers; MinD-Vis reports this convention."]
+    published.notes = [
+        "The paper's numbers on the Natural Scenes Dataset (NSD): they compare with this run's only when "
+        "it used NSD with the paper's settings."
+    ]
     if "ridge" in groups:
         raw.notes.append(RIDGE_NOTE)
         pairwise.notes.append(RIDGE_NOTE)
-    return [raw, pairwise], rows
+    return [raw, pairwise, published], rows
 
 
 def _table3_parts(summaries: list[dict]) -> tuple[list[Table], list[list[str]]]:
-    """Table 3 (ablations) and the CSV rows. The primary top-1 is n-way identification of the
-    *reconstructions* by their CLIP embeddings: the paper's F rows have no stage 2, so only a score on
-    the reconstructions exists for every row. Stage-2 identification (the fMRI embedding among CLIP
-    image embeddings) is shown beside it where the row has a stage 2."""
+    """Table 3 (ablations), the paper's published rows in a table of their own, and the CSV rows. The
+    primary top-1 is n-way identification of the *reconstructions* by their CLIP embeddings: the paper's
+    F rows have no stage 2, so only a score on the reconstructions exists for every row. Stage-2
+    identification (the fMRI embedding among CLIP image embeddings) is shown beside it where the row
+    has a stage 2."""
     table = Table(
-        "Table 3: ablations, n-way top-1 of the reconstructions' CLIP embeddings (test, mean over subjects)",
-        ["Model", "fMRI encoder", "Modalities", "Params (fMRI)", "top-1 50-way", "top-1 2-way"]
-        + ["stage-2 top-1 50-way", "top-1 published", "n seeds"],
+        "Table 3: ablations, this run: n-way top-1 of the reconstructions' CLIP embeddings "
+        "(test, mean over subjects)",
+        ["Model", "fMRI encoder", "Modalities", "Params (fMRI)"]
+        + [_nway_header("top-1", 50), _nway_header("top-1", 2), _nway_header("stage-2 top-1", 50), "n seeds"],
+    )
+    published = Table(
+        PUBLISHED_TITLE.format(n=3),
+        ["Model", "fMRI encoder", "Modalities", "Params (fMRI)", "top-1 (ways not stated)"],
     )
     header = ["source", "method", "label", "encoder", "modalities", "n_seeds", "params_fmri_M"]
     header += [f"recon_clip_{n}way_{s}" for n in (50, 2) for s in ("mean", "std")]
@@ -194,7 +227,7 @@ def _table3_parts(summaries: list[dict]) -> tuple[list[Table], list[list[str]]]:
         recon = [_cell(group, "recon", "raw", "mean", f"clip_{n}way", **percent) for n in (50, 2)]
         stage2 = _cell(group, "identification", "top1_50way", **percent)
         table.rows.append(
-            [label, encoder or DASH, modalities or DASH, _millions(group, "fmri"), *recon, stage2, DASH]
+            [label, encoder or DASH, modalities or DASH, _millions(group, "fmri"), *recon, stage2]
             + [str(len(group))]
         )
         params = _values(group, "params", "fmri")
@@ -203,33 +236,22 @@ def _table3_parts(summaries: list[dict]) -> tuple[list[Table], list[list[str]]]:
         row += [x for n in (50, 2) for x in _stats(_values(group, "recon", "raw", "mean", f"clip_{n}way"))]
         rows.append(row + [x for k in TOP1 for x in _stats(_values(group, "identification", k))] + [""])
     for label, encoder, params, modalities, top1 in PAPER_TABLE3:
-        table.rows.append(
-            [
-                f"{label} [{PUBLISHED_T3}]",
-                encoder,
-                modalities,
-                f"{params}M",
-                DASH,
-                DASH,
-                DASH,
-                f"{top1}%",
-                DASH,
-            ]
-        )
+        published.rows.append([label, encoder, modalities, f"{params}M", f"{top1}%"])
         rows.append([PUBLISHED_T3, "", label, encoder, modalities, "", str(params)] + [""] * 8 + [str(top1)])
     table.notes = [
-        f"Ours: mean ± std over seeds (ddof=1) on {data_note(summaries)}; params = fMRI encoder + "
+        f"Mean ± std over seeds (ddof=1) on {data_note(summaries)}; params = fMRI encoder + "
         "latent regressor (fCAE) or the encoder alone (MAE), as in the paper.",
-        f"Rows marked [{PUBLISHED_T3}] are copied from the paper, not rerun; it does not say how many "
-        "ways its top-1 is over (MinD-Vis, its baseline, uses 50-way).",
-        "Chance: 2% for 50-way, 50% for 2-way.",
+    ]
+    published.notes = [
+        "The paper's numbers on the Natural Scenes Dataset (NSD); it does not say how many ways its top-1 "
+        "is over (MinD-Vis, its baseline, uses 50-way: chance 2%)."
     ]
     if any(s["method"] == "ridge" for s in summaries):
         table.notes.append(
             RIDGE_NOTE + " In this table its top-1 is that of its pixel images; its 'stage-2' column is "
             "the ridge from voxels to the CLIP image embedding, identified like stage 2's fMRI embedding."
         )
-    return [table], rows
+    return [table, published], rows
 
 
 def _markdown(table: Table) -> str:

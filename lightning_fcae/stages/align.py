@@ -23,6 +23,7 @@ from ..metrics.identification import NWayIdentification
 from ..models import FCAE, MAE, model_size
 from ..models.align import FMRIAligner, token_cosine_loss
 from ..models.factory import build_model, load_model, model_entry
+from .chain import STAGE1_WRITER, require_checkpoint
 from .optim import adamw_warmup_cosine
 from .records import RecordsModels
 from .seeding import RankSeededModule
@@ -80,6 +81,7 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         if stage1 is not None:  # restoring a stage-2 checkpoint: weights come with its state_dict
             model = build_model(stage1)
         elif encoder_ckpt is not None:
+            require_checkpoint(encoder_ckpt, "encoder_ckpt", STAGE1_WRITER)
             model = load_model(encoder_ckpt, "model")
         else:
             encoder, regressor, decoder = model_size(encoder_size)

@@ -20,7 +20,7 @@ from open_clip.loss import ClipLoss
 from torchvision.transforms import v2
 
 from ..atomic import atomic_file
-from ..models.clip import encode_captions, preprocess, preprocess_constants
+from ..models.clip import create_random_model, encode_captions, preprocess, preprocess_constants
 from .optim import adamw_warmup_cosine
 from .seeding import RankSeededModule
 
@@ -59,7 +59,7 @@ class ClipPretrain(RankSeededModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = open_clip.create_model(architecture, output_dict=True)
+        self.model = create_random_model(architecture, output_dict=True)  # trained here, from scratch
         self.tokenizer = open_clip.get_tokenizer(architecture)
         self.image_size, mean, std = preprocess_constants(self.model)
         self.register_buffer("mean", mean, persistent=False)

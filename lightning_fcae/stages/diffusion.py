@@ -41,6 +41,7 @@ from ..models.ldm import (
 from ..models.sizes import model_size
 from ..models.vit import FMRIEncoder
 from ..sampling import sample_conditioned
+from .chain import STAGE2_WRITER, require_checkpoint
 from .optim import adamw_warmup_cosine
 from .pretrain import ModelSize
 from .records import RecordsModels
@@ -182,6 +183,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         if pinned:
             clip_tokens, clip_dim = ldm.condition.config.clip_tokens, ldm.condition.config.clip_dim
         if encoder_ckpt:
+            require_checkpoint(encoder_ckpt, "encoder_ckpt", STAGE2_WRITER)
             self.aligner = stage3_aligner(encoder_ckpt, clip_tokens, clip_dim, embed_rank, pinned)
         else:
             encoder = FMRIEncoder(num_voxels, model_size(encoder_size)[0])

@@ -17,6 +17,7 @@ from ..models import FCAE, MAE, DecoderConfig, EncoderConfig, RegressorConfig, f
 from ..models.dcmae import DCMAE, DCMAELossWeights, ImageGuidance, dcmae_loss
 from ..models.factory import load_model
 from ..models.sizes import config_dicts, config_objects
+from .chain import DCMAE_PHASE1_WRITER, require_checkpoint
 from .optim import adamw_warmup_cosine
 from .records import RecordsModels
 from .seeding import RankSeededModule
@@ -217,6 +218,7 @@ class DCMAEPretrain(MAEPretrain):
             raise ValueError(f"image_mask_ratio must be in (0, 1), got {image_mask_ratio}")
         source = None
         if init_ckpt is not None:
+            require_checkpoint(init_ckpt, "init_ckpt", DCMAE_PHASE1_WRITER)
             source = load_model(init_ckpt, "model")
             if not isinstance(source, MAE) or source.model_args["num_voxels"] != num_voxels:
                 raise ValueError(

@@ -9,7 +9,6 @@ replaces it by a rename, so an interrupted upgrade leaves the original in place.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import os
@@ -21,6 +20,7 @@ import torch
 
 from ..models.factory import CheckpointFormatError, model_entry, read_checkpoint
 from ..models.sizes import config_objects
+from ..parsers import upgrade_checkpoint_parser
 
 # the class each stage's checkpoint keys identify, for checkpoints made without LightningCLI's _class_path
 STAGE_CLASSES = {
@@ -91,13 +91,7 @@ def upgrade(path: str | Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lightning-fcae upgrade-checkpoint", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "checkpoints", nargs="+", type=Path, help="checkpoints to upgrade in place (a run's stages in order)"
-    )
-    args = parser.parse_args(argv)
+    args = upgrade_checkpoint_parser().parse_args(argv)
     for path in args.checkpoints:  # stage 3 reads its stage-2 file: upgrade that first
         try:
             backup = upgrade(path)

@@ -10,9 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from .shipped import StandInError, StandIns, load_stand_ins
-
 __all__ = ["StandInError", "StandIns", "load_stand_ins", "main"]
+SHIPPED = ("StandInError", "StandIns", "load_stand_ins")
+
+
+def __getattr__(name: str):
+    """:mod:`.shipped`'s names, imported on first use: it imports torch, which ``stand-ins --help``
+    must not wait for."""
+    if name in SHIPPED:
+        from . import shipped
+
+        return getattr(shipped, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .. import plan as plans
+    from .shipped import StandInError, load_stand_ins
 
     try:
         if args.command == "verify":

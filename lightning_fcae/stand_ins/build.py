@@ -22,6 +22,7 @@ from ..data.schema import Manifest
 from ..models.ldm import load_ldm, save_ldm
 from ..models.scene_classifier import SceneClassifier
 from ..pipeline import Pipeline
+from ..progress import Progress
 from ..run_lock import run_lock
 from .cards import Training, write_card
 from .checks import format_checks, run_checks
@@ -34,7 +35,7 @@ COMMAND = "lightning-fcae stand-ins train --plan {plan} --data {data} --runs {ru
 def train(plan: dict, runs: Path, configs: Path) -> dict[str, Path]:
     """Fit every stand-in (skipping finished ones); returns the run folder of each."""
     pipeline = Pipeline(plan, runs, configs)
-    pipeline.total_steps = 4
+    pipeline.progress = Progress(pipeline.stand_in_work())
     with run_lock(runs):
         clip = pipeline.clip()
         pipeline.ldm(clip)

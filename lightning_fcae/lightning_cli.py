@@ -1,0 +1,94 @@
+"""The LightningCLI subclass behind ``lightning fit`` and ``lightning-fcae fit``: apart from
+:mod:`lightning_fcae.cli` because importing it imports Lightning and torch (seconds of CPU), which the
+other commands' ``--help`` must not wait for."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+# Lightning's loggers for its rank-zero messages (lightning and lightning_fabric each set one)
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+
+
+class _DropTip(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" advertisement, printed on every stage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+def silence_known_noise() -> None:
+    """Quiet what every stage printed that no user can act on: Lightning's litlogger tip, and the
+    FutureWarning torch 2.9+ raises from Lightning's own ``isinstance(treespec, LeafSpec)`` (Lightning's
+    code, not ours: it goes once Lightning updates). What a user must read stays."""
+    for name in RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTip) for f in logger.filters):
+            logger.addFilter(_DropTip())
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+
+
+def default_precision() -> str:
+    """bf16-mixed where the GPU supports it, full fp32 on CPU (bf16 matmuls are slow there)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+class FCAECLI(LightningCLI):
+    """LightningCLI that feeds the DataModule's padded voxel count to the model."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_voxels", "model.init_args.num_voxels", apply_on="instantiate")
+        parser.set_defaults({"trainer.precision": default_precision()})
+
+    def instantiate_trainer(self, **kwargs):
+        """Every trainer writes its checkpoints atomically (:class:`AtomicCheckpointIO`: a crash mid-write
+        never replaces the previous ``last.ckpt``), unless the config names a CheckpointIO of its own."""
+        from lightning.fabric.plugins import CheckpointIO
+
+        from .checkpoint_io import AtomicCheckpointIO
+
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**{"plugins": plugins, **kwargs})
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI loads ``--ckpt_path`` here, before anything else: a damaged file is named with
+        the fix first, instead of ``PytorchStreamReader failed ...`` (no file named) on every rerun."""
+        from .checkpoints import check_checkpoint
+
+        subcommand = self.config.get("subcommand")
+        path = subcommand and self.config[subcommand].get("ckpt_path")
+        if path:
+            check_checkpoint(
+                path, "delete it to start the run from its beginning, or pass another --ckpt_path"
+            )
+        super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        """``fast_dev_run`` is a smoke test and must not write checkpoints, but Lightning 2.6's
+        ``ModelCheckpoint.on_train_end`` still saves ``last.ckpt`` after one: it would replace the
+        trained checkpoint that the next stage reads."""
+        if self.trainer.fast_dev_run:
+            for callback in self.trainer.checkpoint_callbacks:
+                callback.save_last = False
+
+    def before_predict(self) -> None:
+        """From the command line ``predict`` keeps nothing unless a callback writes the predictions:
+        say so before sampling a whole split for nothing."""
+        from lightning.pytorch.callbacks import BasePredictionWriter
+        from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
+            raise MisconfigurationException(
+                "`predict` from the command line writes nothing without a BasePredictionWriter callback "
+                "(--trainer.callbacks+=...); for stage-3 reconstructions use `lightning-fcae reconstruct`, "
+                "which writes PNGs, a grid and metrics"
+            )
