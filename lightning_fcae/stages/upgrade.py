@@ -57,7 +57,13 @@ def _stage1_entry(old: dict) -> dict:
     from .pretrain import DCMAEPretrain, FCAEPretrain, MAEPretrain
 
     cls = {"fcae": FCAEPretrain, "mae": MAEPretrain, "dcmae": DCMAEPretrain}[old["kind"]]
-    names = inspect.signature(cls).parameters
+    # the class's own arguments and those it passes on to its bases (``**kwargs``)
+    names = {
+        name
+        for c in cls.__mro__
+        if "__init__" in vars(c)
+        for name in inspect.signature(c.__init__).parameters
+    }
     args = {k: v for k, v in old.items() if k in names} | (
         {"init_ckpt": None} if "init_ckpt" in names else {}
     )
