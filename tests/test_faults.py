@@ -28,11 +28,10 @@ from lightning_fcae.cli import main
 from lightning_fcae.data.schema import Manifest
 from lightning_fcae.pipeline import Pipeline
 from lightning_fcae.report.curves import training_losses
-from lightning_fcae.stages.diffusion import LDMFinetune
 
 from .conftest import write_toy_dataset
 from .test_pipeline import tiny_plan
-from .test_reconstruct import V, _datamodule, _textured_dataset, _trainer
+from .test_reconstruct import train_stage3
 from .test_stand_ins import _fake_stand_ins
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,14 +209,8 @@ def test_a_stage_killed_at_a_random_point_resumes_to_the_end_with_its_whole_log(
 
 @pytest.fixture(scope="module")
 def stage3(tmp_path_factory):
-    """A textured dataset and a stage-3 checkpoint trained a step on it (as in test_reconstruct)."""
-    root = tmp_path_factory.mktemp("faults")
-    data = _textured_dataset(root / "data")
-    L.seed_everything(0)
-    trainer = _trainer(root, max_steps=1, limit_val_batches=0)
-    trainer.fit(LDMFinetune(V, clip_tokens=5, clip_dim=16, lr=1e-3, sample_steps=2), _datamodule(data))
-    trainer.save_checkpoint(root / "ldm.ckpt")
-    return data, root / "ldm.ckpt"
+    """A textured dataset and a stage-3 checkpoint trained a step on it."""
+    return train_stage3(tmp_path_factory.mktemp("faults"), steps=1)
 
 
 def _reconstruct_args(stage3, out: Path) -> list[str]:

@@ -54,16 +54,19 @@ def _datamodule(data) -> NSDDataModule:
     return NSDDataModule(str(data), batch_size=8, num_workers=0, sparsity=0.0)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A textured dataset and a tiny LDMFinetune checkpoint trained a few steps on it."""
-    root = tmp_path_factory.mktemp("reconstruct")
+def train_stage3(root: Path, steps: int) -> tuple[Path, Path]:
+    """A textured dataset under ``root`` and a tiny LDMFinetune checkpoint trained ``steps`` steps on it."""
     data = _textured_dataset(root / "data")
     L.seed_everything(0)
-    trainer = _trainer(root, max_steps=3, limit_val_batches=0)
+    trainer = _trainer(root, max_steps=steps, limit_val_batches=0)
     trainer.fit(LDMFinetune(V, clip_tokens=5, clip_dim=16, lr=1e-3, sample_steps=2), _datamodule(data))
     trainer.save_checkpoint(root / "ldm.ckpt")
     return data, root / "ldm.ckpt"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_stage3(tmp_path_factory.mktemp("reconstruct"), steps=3)
 
 
 def test_reconstruct_writes_scores_and_resumes_per_sample(trained, tmp_path, monkeypatch):
