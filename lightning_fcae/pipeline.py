@@ -118,13 +118,19 @@ def modalities(method: Method) -> str:
     return "F" + "+I" * method.align["use_image"] + "+T" * method.align["use_text"]
 
 
+def is_checkpoint_callback(callback: dict) -> bool:
+    """A config's ``trainer.callbacks`` entry that writes checkpoints (the stages' StageCheckpoint, or a
+    plain ModelCheckpoint a user config names)."""
+    return callback["class_path"].endswith(("ModelCheckpoint", "StageCheckpoint"))
+
+
 def run_paths(config: dict, stage_dir: Path, run_name: str) -> dict:
     """Point a stage config's outputs into ``stage_dir``: root dir, checkpoints, W&B, plus a CSV log
     (``stage_dir/csv/fit/metrics.csv``) the report plots from."""
     trainer = config.setdefault("trainer", {})
     trainer["default_root_dir"] = str(stage_dir)
     for callback in trainer.get("callbacks") or []:
-        if callback["class_path"].endswith("ModelCheckpoint"):
+        if is_checkpoint_callback(callback):
             callback.setdefault("init_args", {})["dirpath"] = str(stage_dir / "checkpoints")
     trainer["logger"] = [
         {

@@ -393,9 +393,11 @@ def clip_parameters(config: dict) -> int:
 
 
 def keeps(config: dict) -> int:
-    """Checkpoint files a stage keeps: its ModelCheckpoint's save_top_k (-1: one per epoch)."""
+    """Checkpoint files a stage keeps: its checkpoint callback's save_top_k (-1: one per epoch)."""
+    from .pipeline import is_checkpoint_callback
+
     for callback in (config.get("trainer") or {}).get("callbacks") or []:
-        if callback["class_path"].endswith("ModelCheckpoint"):
+        if is_checkpoint_callback(callback):
             top_k = (callback.get("init_args") or {}).get("save_top_k", 1)
             return max(int(config["trainer"].get("max_epochs") or 1), 1) if top_k == -1 else top_k
     return 0
