@@ -36,7 +36,7 @@ data-check: data
 
 # The main job on the embedded synthetic default (see README): the shipped CLIP and LDM stand-ins
 # (stand-ins/synthetic-small, hash-checked), the ridge yardstick, stage 1 -> 2 -> 3, reconstruction of the
-# test set, results/demo/report.html. About a quarter of an hour on 2 CPU cores.
+# test set, results/demo/report.html. About 7 minutes on 2 CPU cores from a fresh clone (README).
 demo: data
 	$(PIPELINE) --methods fcae --seeds 0 --out results/demo
 
