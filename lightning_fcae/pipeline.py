@@ -235,6 +235,12 @@ class Pipeline:
             if not self.dry_run:
                 keep_csv_history(stage_dir / "csv" / "fit")
         self.run(stage_dir, config, args, exports=exports)
+        if not self.dry_run and not last.exists():  # the next stage reads it: say so here, not there
+            raise PlanError(
+                f"{stage_dir.name} finished without writing {last}: its config's checkpoint callback must "
+                "keep a last checkpoint (StageCheckpoint does); fix the config and delete "
+                f"{stage_dir} to rerun it"
+            )
         return last
 
     def run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
@@ -14,9 +16,23 @@ class StageCheckpoint(ModelCheckpoint):
     * ``enable_version_counter=False``: a rerun replaces ``last.ckpt`` rather than writing
       ``last-v1.ckpt`` beside it for the next stage to miss.
 
-    Any of ModelCheckpoint's arguments may still be given.
+    Any of ModelCheckpoint's arguments may still be given. These three are parameters here, not defaults
+    merged into ``kwargs``: LightningCLI passes every ModelCheckpoint argument explicitly, its own defaults
+    included.
     """
 
-    def __init__(self, dirpath: str | None = None, **kwargs):
-        kwargs = {"save_top_k": 1, "save_last": "link", "enable_version_counter": False, **kwargs}
-        super().__init__(dirpath=dirpath, **kwargs)
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        save_top_k: int = 1,
+        save_last: bool | Literal["link"] | None = "link",
+        enable_version_counter: bool = False,
+        **kwargs,
+    ):
+        super().__init__(
+            dirpath=dirpath,
+            save_top_k=save_top_k,
+            save_last=save_last,
+            enable_version_counter=enable_version_counter,
+            **kwargs,
+        )
