@@ -338,3 +338,14 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, synthetic_tiny, c
     assert error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith("interrupted during shared/clip_pretrain: the stages before it are kept")
     assert f"rerun `lightning-fcae pipeline --plan {plan} --out {out}` to go on" in error
+
+
+def test_a_stage_that_finished_without_its_last_checkpoint_is_named(tmp_path, synthetic_tiny, monkeypatch):
+    """A config whose checkpoint callback keeps no last.ckpt (a user's, or a broken default) fails at that
+    stage with the fix, not in the next stage as a missing encoder_ckpt."""
+    pipeline = Pipeline(
+        tiny_plan(synthetic_tiny), tmp_path / "run", Path(__file__).resolve().parents[1] / "configs"
+    )
+    monkeypatch.setattr(Pipeline, "run", lambda self, *args, **kwargs: None)  # "finished", wrote nothing
+    with pytest.raises(PlanError, match="finished without writing .*last.ckpt.*StageCheckpoint"):
+        pipeline.fit("stage1", "stage1_fcae.yaml", tmp_path / "run" / "stage1", 0, {})
