@@ -142,8 +142,8 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         image_size = hp.get("image_size")
         latent = image_size // vq_downsampling(parts.vq) if image_size else None
         return cls(
-            FMRIConditionEncoder.from_aligner(aligner, checkpoint.get("fmri_preprocessing")),
-            condition,
+            FMRIConditionEncoder.from_aligner(aligner, checkpoint.get("fmri_preprocessing")).eval(),
+            condition.eval(),
             unet.eval(),
             parts.vq.eval(),
             parts.scheduler,
