@@ -10,6 +10,8 @@ import warnings
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from .plan import STAGE_DEFAULTS
+
 # Lightning's loggers for its rank-zero messages (lightning and lightning_fabric each set one)
 RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
 
@@ -40,7 +42,26 @@ def default_precision() -> str:
 
 
 class FCAECLI(LightningCLI):
-    """LightningCLI that feeds the DataModule's padded voxel count to the model."""
+    """LightningCLI that feeds the DataModule's padded voxel count to the model, and lays every config on
+    what the stage configs share (:data:`~lightning_fcae.plan.STAGE_DEFAULTS`: the trainer's callbacks
+    and logger)."""
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        """Every subcommand's parser reads ``stage_defaults.yaml`` as its default config (jsonargparse's
+        ``default_config_files``: values below any ``--config``, visible in ``--print_config`` and the
+        saved ``config.yaml``; a config's ``callbacks+:`` appends to its callbacks). Not LightningCLI's
+        ``trainer_defaults``: callbacks given there are added to every run and no config can drop or
+        change them. A missing file is an error here: jsonargparse would skip it without a word."""
+        if not STAGE_DEFAULTS.is_file():
+            raise FileNotFoundError(f"{STAGE_DEFAULTS}, the stage configs' shared defaults, is missing")
+        defaults = {"default_config_files": [str(STAGE_DEFAULTS)]}
+        if add_subcommands:
+            subparser_kwargs = {
+                name: {**defaults, **subparser_kwargs.get(name, {})} for name in self.subcommands()
+            }
+        else:
+            main_kwargs = {**defaults, **main_kwargs}
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_voxels", "model.init_args.num_voxels", apply_on="instantiate")

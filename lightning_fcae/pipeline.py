@@ -13,9 +13,10 @@ seed, the chain the method needs and writes one folder per stage::
                                                  is refused)
 
 Every stage is a plain ``lightning fit --config STAGE/run.yaml`` subprocess: ``run.yaml`` is the stage's
-config (``configs/<stage>.yaml``) merged with the plan's overrides and the run's paths, so any row can be
-re-run by hand with exactly that command. A stage that finished (``STAGE/done-fit.json``) is skipped
-when the pipeline is run again, and an interrupted one resumes from its ``last.ckpt`` (saved every epoch).
+config (``configs/<stage>.yaml``, laid on the shared ``lightning_fcae/stage_defaults.yaml``) merged with
+the plan's overrides and the run's paths, so any row can be re-run by hand with exactly that command. A
+stage that finished (``STAGE/done-fit.json``) is skipped when the pipeline is run again, and an
+interrupted one resumes from its ``last.ckpt`` (saved every epoch).
 If the plan (or a stage config) changed since a stage finished or started, the rerun stops and names the
 changed keys instead of mixing old and new results: use a new ``--out``, or delete that stage's folder and
 the ones after it. The same holds for the data (``OUT/dataset.json``). docs/reliability.md lists what
@@ -41,7 +42,15 @@ import yaml
 
 from . import atomic
 from .data.schema import Manifest
-from .plan import PlanError, changed_keys, check_plan, deep_merge, load_yaml
+from .plan import (
+    STAGE_DEFAULTS,
+    PlanError,
+    changed_keys,
+    check_plan,
+    deep_merge,
+    load_stage_config,
+    load_yaml,
+)
 from .progress import Progress, clock, fit_work
 from .run_lock import die_with_parent, run_lock
 
@@ -125,20 +134,19 @@ def is_checkpoint_callback(callback: dict) -> bool:
 
 
 def run_paths(config: dict, stage_dir: Path, run_name: str) -> dict:
-    """Point a stage config's outputs into ``stage_dir``: root dir, checkpoints, W&B, plus a CSV log
+    """Point a stage config's outputs into ``stage_dir``: root dir, checkpoints, its logger (the shared
+    W&B logger of ``stage_defaults.yaml`` unless the config names a single other one), plus a CSV log
     (``stage_dir/csv/fit/metrics.csv``) the report plots from."""
     trainer = config.setdefault("trainer", {})
     trainer["default_root_dir"] = str(stage_dir)
     for callback in trainer.get("callbacks") or []:
         if is_checkpoint_callback(callback):
             callback.setdefault("init_args", {})["dirpath"] = str(stage_dir / "checkpoints")
-    trainer["logger"] = [
-        {
-            "class_path": "lightning_fcae.loggers.WandbLogger",
-            "init_args": {"project": "lightning-fcae", "name": run_name, "save_dir": str(stage_dir)},
-        },
-        csv_logger(stage_dir, "fit"),
-    ]
+    logger = trainer.get("logger")
+    if not (isinstance(logger, dict) and "class_path" in logger):
+        logger = load_yaml(STAGE_DEFAULTS)["trainer"]["logger"]
+    logger = deep_merge(logger, {"init_args": {"name": run_name, "save_dir": str(stage_dir)}})
+    trainer["logger"] = [logger, csv_logger(stage_dir, "fit")]
     return config
 
 
@@ -201,7 +209,7 @@ class Pipeline:
 
     # --- one stage --------------------------------------------------------------------------------
     def stage_config(self, stage: str, config_file: str, stage_dir: Path, seed: int, extra: dict) -> dict:
-        config = load_yaml(self.configs / config_file)
+        config = load_stage_config(self.configs / config_file)
         config = deep_merge(config, self.overrides.get(stage, {}))
         config = deep_merge(
             config, {"seed_everything": seed, "data": {"init_args": {"data_dir": self.data_dir}}}
@@ -306,7 +314,7 @@ class Pipeline:
             return self.stand_ins.clip_model, str(self.stand_ins.clip_weights)
         shared = self.out / "shared"
         weights = shared / "clip.pt"
-        config = load_yaml(self.configs / STAGE_CONFIGS["clip_pretrain"])
+        config = load_stage_config(self.configs / STAGE_CONFIGS["clip_pretrain"])
         model = deep_merge(config, self.overrides.get("clip_pretrain", {}))["model"]["init_args"][
             "architecture"
         ]
@@ -350,7 +358,7 @@ class Pipeline:
         methods (:mod:`lightning_fcae.yardstick`); recomputed only when its settings change."""
         root = self.out / "ridge" / "seed0"
         stage3 = deep_merge(
-            load_yaml(self.configs / STAGE_CONFIGS["stage3"]), self.overrides.get("stage3", {})
+            load_stage_config(self.configs / STAGE_CONFIGS["stage3"]), self.overrides.get("stage3", {})
         )
         size = stage3["model"]["init_args"].get("image_size")
         n_way = int((self.plan.get("reconstruct") or {}).get("n_way", 50))
@@ -573,7 +581,7 @@ class Pipeline:
         if kind == "reconstruct":
             return float(test * int((self.plan.get("reconstruct") or {}).get("steps", 50)))
         stage, config_file = kind
-        config = deep_merge(load_yaml(self.configs / config_file), self.overrides.get(stage, {}))
+        config = deep_merge(load_stage_config(self.configs / config_file), self.overrides.get(stage, {}))
         batch = (config.get("data") or {}).get("init_args", {}).get("batch_size", 32)
         return fit_work(config.get("trainer") or {}, batch, samples.get("train", 0))
 

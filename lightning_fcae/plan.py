@@ -19,12 +19,23 @@ class PlanError(ValueError):
     """The plan file or the command line asks for something the pipeline cannot run."""
 
 
+# What every stage config shares (trainer callbacks, logger): LightningCLI's default config for every
+# subcommand (lightning_cli.FCAECLI), and the base :func:`load_stage_config` lays a stage config on.
+STAGE_DEFAULTS = Path(__file__).with_name("stage_defaults.yaml")
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """``override`` on top of ``base``: dicts merge key by key, anything else (lists too) replaces, as
-    jsonargparse does with several ``--config`` files."""
+    jsonargparse does with several ``--config`` files; and as there, ``key+: items`` appends ``items`` (a
+    list, or one item) to the list at ``key``."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(key, str) and key.endswith("+"):
+            name, items = key[:-1], value if isinstance(value, list) else [value]
+            before = merged.get(name)
+            before = [] if before is None else before if isinstance(before, list) else [before]
+            merged[name] = [*before, *copy.deepcopy(items)]
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
@@ -67,6 +78,13 @@ def load_yaml(path: Path) -> dict:
     if not isinstance(content, dict):
         raise PlanError(f"{path} must hold a mapping of keys to values, not a {type(content).__name__}")
     return content
+
+
+def load_stage_config(path: Path) -> dict:
+    """A stage config as LightningCLI resolves its keys: laid on :data:`STAGE_DEFAULTS` (its
+    ``callbacks+`` appended to the shared callbacks, its logger's ``init_args`` merged into the shared
+    logger), so that what the pipeline writes is the whole config and names every callback once."""
+    return deep_merge(load_yaml(STAGE_DEFAULTS), load_yaml(path))
 
 
 def check_plan(plan: dict, known_stages: list[str]) -> None:

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from lightning_fcae.pipeline import METHODS, Pipeline, last_csv_values, main
-from lightning_fcae.plan import PlanError, deep_merge
+from lightning_fcae.plan import STAGE_DEFAULTS, PlanError, deep_merge
 
 # Every stage for a couple of steps on tiny data: what is tested is the chain, not the learning.
 FAST = {"trainer": {"max_epochs": 1, "max_steps": 2, "limit_val_batches": 1, "log_every_n_steps": 1}}
@@ -63,6 +63,45 @@ def test_deep_merge_replaces_lists_and_merges_dicts():
     merged = deep_merge(base, {"model": {"init_args": {"size": "tiny"}}, "trainer": {"callbacks": [3]}})
     assert merged == {"model": {"init_args": {"size": "tiny", "lr": 1.0}}, "trainer": {"callbacks": [3]}}
     assert base["model"]["init_args"]["size"] == "small"  # the input is not modified
+
+
+def test_deep_merge_appends_with_a_plus_key_as_jsonargparse_does():
+    base = {"trainer": {"callbacks": [1, 2], "logger": {"init_args": {"project": "p"}}}}
+    merged = deep_merge(base, {"trainer": {"callbacks+": [3, 4], "logger": {"init_args": {"name": "n"}}}})
+    assert merged == {
+        "trainer": {"callbacks": [1, 2, 3, 4], "logger": {"init_args": {"project": "p", "name": "n"}}}
+    }
+    assert deep_merge(merged, {"trainer": {"callbacks+": 5}})["trainer"]["callbacks"] == [1, 2, 3, 4, 5]
+    assert deep_merge({}, {"callbacks+": [1]}) == {"callbacks": [1]}
+    assert base["trainer"]["callbacks"] == [1, 2]  # the input is not modified
+
+
+def test_run_yaml_is_the_whole_config_the_cli_runs(tmp_path, synthetic_tiny, capsys):
+    """A stage's run.yaml holds the shared callbacks of stage_defaults.yaml once, and LightningCLI, which
+    reads stage_defaults.yaml too, resolves it to those very callbacks (none twice, none dropped)."""
+    from lightning_fcae.cli import run_lightning_cli
+
+    out = tmp_path / "run"
+    assert (
+        main(["--plan", str(write_plan(tmp_path, tiny_plan(synthetic_tiny))), "--out", str(out), "--dry-run"])
+        == 0
+    )
+    run_yaml = out / "fcae/seed0/stage1/run.yaml"
+    written = yaml.safe_load(run_yaml.read_text())["trainer"]
+    shared = yaml.safe_load(STAGE_DEFAULTS.read_text())["trainer"]
+    paths = [c["class_path"] for c in written["callbacks"]]
+    assert paths[: len(shared["callbacks"])] == [c["class_path"] for c in shared["callbacks"]]
+    assert written["logger"][0]["init_args"] == {
+        **shared["logger"]["init_args"],
+        "name": "run-seed0-stage1",
+        "save_dir": str(run_yaml.parent),
+    }
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_lightning_cli(["fit", f"--config={run_yaml}", "--print_config"])
+    resolved = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert [c["class_path"] for c in resolved["callbacks"]] == paths
+    assert [c["class_path"] for c in resolved["logger"]] == [c["class_path"] for c in written["logger"]]
 
 
 def test_dry_run_chains_each_method(tmp_path, synthetic_tiny):
