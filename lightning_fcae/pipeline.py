@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -91,12 +91,26 @@ METHODS: dict[str, Method] = {
 
 
 @dataclass(frozen=True)
-class Fit:
-    """One ``lightning fit`` of a run: which stage, from which config file, into which folder."""
+class Task:
+    """One task of a run (:meth:`Pipeline.tasks`): a ``lightning fit`` or stage 2's ``test`` of a stage from
+    its config file, a method's reconstruction, or the ridge yardstick; ``stage_dir`` is where it writes."""
 
-    stage: str
-    config_file: str
+    command: str  # fit | test | reconstruct | ridge: the word the console and the progress name it by
     stage_dir: Path
+    stage: str = ""  # fit and test: the stage's name in a plan (its overrides: stages.<stage>)
+    config_file: str = ""  # fit and test: the stage config, a file name under the configs folder
+    method: str = ""  # a method's tasks: its name (METHODS) ...
+    seed: int = 0  # ... and seed; the shared tasks (stand-ins, ridge) run once, with seed 0
+
+
+@dataclass
+class MethodRun:
+    """What one method x seed's tasks made so far, in the order they run."""
+
+    last: Path | None = None  # the checkpoint its latest fit wrote: the encoder (then stage 3) the next reads
+    extra: dict = field(default_factory=dict)  # the config its latest fit added to its stage config
+    identification: dict | None = None  # stage 2's test
+    recon: dict | None = None  # the reconstruction's metrics
 
 
 TABLE2_METHODS = ("fcae", "mindvis", "visdec")
@@ -109,6 +123,7 @@ STAGE_CONFIGS = {
     "stage3": "stage3_ldm.yaml",
     "classifier": "classifier_pretrain.yaml",
 }
+STAND_IN_STAGES = ("clip_pretrain", "ldm_vq", "ldm_unet", "classifier")  # `lightning-fcae stand-ins train`
 DATASET_RECORD = "dataset.json"  # OUT/dataset.json: the data a run folder's results were made from
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes after config.json
 
@@ -189,9 +204,6 @@ def last_csv_values(path: Path) -> dict[str, float]:
     return values
 
 
-RIDGE_TASK = "ridge/seed0:ridge"
-
-
 class Pipeline:
     """Runs a plan (see ``experiments/demo.yaml``) for some methods and seeds into ``out``."""
 
@@ -265,7 +277,7 @@ class Pipeline:
         stages stale. A finished stage whose export is missing runs again: resumed at its end, the fit
         only exports."""
         done = stage_dir / f"done-{args[0]}.json"
-        task = f"{stage_dir.relative_to(self.out)}:{args[0]}"
+        task = self.task_key(stage_dir, args[0])
         label = f"{self.progress.line(task)} {stage_dir.relative_to(self.out)}"
         saved = stage_dir / config_name
         config = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))  # as it reads back from disk
@@ -304,70 +316,133 @@ class Pipeline:
         atomic.write_text(done, json.dumps({"seconds": round(seconds, 1), "command": command}))
         self.progress.finish(task, seconds)
 
+    # --- the chain ---------------------------------------------------------------------------------
+    def tasks(self, methods: list[str], seeds: list[int]) -> list[Task]:
+        """Every task of a run of ``methods`` x ``seeds``, in the order it runs: the one description of the
+        chain. :meth:`run_tasks` runs them (feeding each what the ones before it made); :meth:`fits` (what
+        the preflight checks) and :meth:`planned_work` (the progress) read them. The CLIP and LDM
+        stand-ins train first, unless the plan names real weights or the shipped stand-ins; the ridge
+        yardstick once CLIP is there; then per seed and method: stage 1 (vis-dec: and its image phase),
+        stage 2 and its test where the method aligns, stage 3, the reconstruction."""
+        tasks = []
+        if not self.use_shipped and not self.plan.get("clip_pretrained"):
+            tasks.append(self.shared_task("clip_pretrain"))
+        tasks.append(Task("ridge", self.out / "ridge" / "seed0"))
+        if not self.use_shipped and not self.plan.get("pretrained_ldm"):
+            tasks += [self.shared_task("ldm_vq"), self.shared_task("ldm_unet")]
+        for seed in dict.fromkeys(seeds):
+            for name in chosen_methods(methods):
+                method, root = METHODS[name], self.out / name / f"seed{seed}"
+                stages = [("stage1", method.stage1_config)]
+                if method.image_phase is not None:
+                    stages.append(("stage1_image", method.image_phase))
+                if method.align is not None:
+                    stages.append(("stage2", STAGE_CONFIGS["stage2"]))
+                stages.append(("stage3", STAGE_CONFIGS["stage3"]))
+                for stage, config_file in stages:
+                    commands = ("fit", "test") if stage == "stage2" else ("fit",)
+                    tasks += [Task(c, root / stage, stage, config_file, name, seed) for c in commands]
+                tasks.append(Task("reconstruct", root / "recon", method=name, seed=seed))
+        return tasks
+
+    def shared_task(self, stage: str) -> Task:
+        """The fit of a stand-in (or of the checks' judge): once per run folder, into ``OUT/shared``."""
+        return Task("fit", self.out / "shared" / stage, stage, STAGE_CONFIGS[stage])
+
+    def stand_in_tasks(self) -> list[Task]:
+        """The tasks of ``lightning-fcae stand-ins train``: every stand-in and the checks' judge."""
+        return [self.shared_task(stage) for stage in STAND_IN_STAGES]
+
+    def task_key(self, stage_dir: Path, command: str) -> str:
+        """A task's name in the progress and the console: its folder in the run, and its command."""
+        return f"{stage_dir.relative_to(self.out)}:{command}"
+
+    def run_tasks(self, tasks: list[Task]) -> list[dict]:
+        """Run ``tasks`` (:meth:`tasks` or :meth:`stand_in_tasks`) in order, each fed what the tasks before
+        it made: CLIP and the LDM (the plan's, the shipped stand-ins, or those these tasks train), and a
+        method's latest checkpoint. Returns each method x seed's summary."""
+        clip, ldm = self.given_clip(), self.given_ldm()  # None: a task below trains it
+        runs: dict[tuple[str, int], MethodRun] = {}
+        summaries = []
+        for task in tasks:
+            if task.method:
+                run = runs.setdefault((task.method, task.seed), MethodRun())
+                if self.method_task(task, run, clip, ldm):
+                    summaries.append(self.summary(task, run))
+            elif task.command == "ridge":
+                self.ridge(task, clip)
+            elif task.stage == "clip_pretrain":
+                clip = self.clip_stand_in(task)
+            elif task.stage in ("ldm_vq", "ldm_unet"):
+                ldm = self.ldm_stand_in(task, clip)
+            elif task.stage == "classifier":
+                self.classifier(task)
+            else:
+                raise ValueError(f"no runner for {task}")
+        return summaries
+
     # --- shared stand-ins -------------------------------------------------------------------------
-    def clip(self) -> tuple[str, str]:
-        """(open_clip model, weights): the plan's real CLIP, the shipped stand-in, or one trained on the
-        data."""
+    def given_clip(self) -> tuple[str, str] | None:
+        """(open_clip model, weights) of the plan's real CLIP or of the shipped stand-ins; None when the
+        run trains the stand-in."""
         if self.plan.get("clip_pretrained"):
             return self.plan["clip_model"], self.plan["clip_pretrained"]
         if self.stand_ins is not None:
             return self.stand_ins.clip_model, str(self.stand_ins.clip_weights)
-        shared = self.out / "shared"
-        weights = shared / "clip.pt"
-        config = load_stage_config(self.configs / STAGE_CONFIGS["clip_pretrain"])
-        model = deep_merge(config, self.overrides.get("clip_pretrain", {}))["model"]["init_args"][
-            "architecture"
-        ]
-        extra = {"model": {"init_args": {"export_path": str(weights)}}}
-        self.fit(
-            "clip_pretrain", STAGE_CONFIGS["clip_pretrain"], shared / "clip_pretrain", 0, extra, (weights,)
-        )
-        return model, str(weights)
+        return None
 
-    def ldm(self, clip: tuple[str, str]) -> str:
-        """The plan's pretrained LDM directory, or the stand-in (VQ, then a UNet conditioned on the
-        ``clip`` stand-in's features) trained on the data."""
+    def given_ldm(self) -> str | None:
+        """The plan's pretrained LDM directory, or the shipped stand-in's; None when the run trains it."""
         if self.plan.get("pretrained_ldm"):
             return self.plan["pretrained_ldm"]
-        if self.stand_ins is not None:
-            return str(self.stand_ins.ldm)
+        return None if self.stand_ins is None else str(self.stand_ins.ldm)
+
+    def clip_stand_in(self, task: Task) -> tuple[str, str]:
+        """Train the CLIP stand-in on the data (``OUT/shared/clip.pt``); its (open_clip model, weights)."""
+        weights = self.out / "shared" / "clip.pt"
+        config = load_stage_config(self.configs / task.config_file)
+        model = deep_merge(config, self.overrides.get(task.stage, {}))["model"]["init_args"]["architecture"]
+        extra = {"model": {"init_args": {"export_path": str(weights)}}}
+        self.fit(task.stage, task.config_file, task.stage_dir, 0, extra, (weights,))
+        return model, str(weights)
+
+    def ldm_stand_in(self, task: Task, clip: tuple[str, str]) -> str:
+        """Train one part of the LDM stand-in on the data into ``OUT/shared/ldm``: the VQ (``ldm_vq``), then
+        a UNet conditioned on the ``clip`` stand-in's features (``ldm_unet``); returns the folder."""
         export = self.out / "shared" / "ldm"
-        for part in ("vq", "unet"):
-            extra = {"model": {"init_args": {"part": part, "export_dir": str(export)}}}
-            if part == "unet":
-                extra["data"] = {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}
-            stage_dir = self.out / "shared" / f"ldm_{part}"
-            written = ("vqvae",) if part == "vq" else ("unet", "condition")  # condition/ is written last
-            exports = tuple(export / name / DIFFUSERS_WEIGHTS for name in written)
-            self.fit(f"ldm_{part}", STAGE_CONFIGS[f"ldm_{part}"], stage_dir, 0, extra, exports)
+        part = task.stage.removeprefix("ldm_")
+        extra = {"model": {"init_args": {"part": part, "export_dir": str(export)}}}
+        if part == "unet":
+            extra["data"] = {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}
+        written = ("vqvae",) if part == "vq" else ("unet", "condition")  # condition/ is written last
+        exports = tuple(export / name / DIFFUSERS_WEIGHTS for name in written)
+        self.fit(task.stage, task.config_file, task.stage_dir, 0, extra, exports)
         return str(export)
 
-    def classifier(self) -> Path:
+    def classifier(self, task: Task | None = None) -> Path:
         """The judge of the stand-in checks, trained on the data (``make stand-ins`` only)."""
+        task = task or self.shared_task("classifier")
         export = self.out / "shared" / "classifier_export"
         extra = {"model": {"init_args": {"export_dir": str(export)}}}
-        stage_dir = self.out / "shared" / "classifier"
-        self.fit(
-            "classifier", STAGE_CONFIGS["classifier"], stage_dir, 0, extra, (export / DIFFUSERS_WEIGHTS,)
-        )
+        self.fit(task.stage, task.config_file, task.stage_dir, 0, extra, (export / DIFFUSERS_WEIGHTS,))
         return export
 
     # --- the ridge yardstick ---------------------------------------------------------------------
-    def ridge(self, clip: tuple[str, str]) -> None:
+    def ridge(self, task: Task, clip: tuple[str, str]) -> None:
         """``OUT/ridge/seed0/summary.json``: per-subject ridge decoders from voxels, scored like the
         methods (:mod:`lightning_fcae.yardstick`); recomputed only when its settings change."""
-        root = self.out / "ridge" / "seed0"
+        root, key = task.stage_dir, self.task_key(task.stage_dir, task.command)
         stage3 = deep_merge(
             load_stage_config(self.configs / STAGE_CONFIGS["stage3"]), self.overrides.get("stage3", {})
         )
         size = stage3["model"]["init_args"].get("image_size")
         n_way = int((self.plan.get("reconstruct") or {}).get("n_way", 50))
         settings = {"data_dir": self.data_dir, "clip": list(clip), "image_size": size, "n_way": n_way}
-        label = f"{self.progress.line(RIDGE_TASK)} ridge/seed0"
+        label = f"{self.progress.line(key)} {root.relative_to(self.out)}"
         path = root / "summary.json"
         if path.is_file() and json.loads(path.read_text()).get("settings") == settings:
             print(f"{label}: done already, skipped", flush=True)
-            self.progress.finish(RIDGE_TASK, None)
+            self.progress.finish(key, None)
             return
         print(f"{label}: ridge yardstick (voxels -> CLIP embedding, voxels -> pixels)", flush=True)
         if self.dry_run:
@@ -379,7 +454,7 @@ class Pipeline:
         from .models.clip import load_clip
         from .yardstick import ridge_yardstick
 
-        self.running = "ridge/seed0"
+        self.running = str(root.relative_to(self.out))
         size = size or read_manifest(self.data_dir).image_size
         result = ridge_yardstick(self.data_dir, load_clip(*clip), size, n_way)
         (root / "recon").mkdir(parents=True, exist_ok=True)
@@ -401,26 +476,43 @@ class Pipeline:
         }
         atomic.write_text(path, json.dumps(summary, indent=2))
         self.running = None
-        self.progress.finish(RIDGE_TASK, time.monotonic() - start)
+        self.progress.finish(key, time.monotonic() - start)
 
     # --- one method x seed ------------------------------------------------------------------------
-    def method(self, name: str, seed: int, clip: tuple[str, str], ldm: str) -> dict:
-        method = METHODS[name]
-        root = self.out / name / f"seed{seed}"
-        seconds = {}
-        encoder = self.fit("stage1", method.stage1_config, root / "stage1", seed, {})
+    def method_task(self, task: Task, run: MethodRun, clip: tuple[str, str], ldm: str) -> bool:
+        """Run one of a method's tasks on what its earlier ones made (``run``, updated); True after its
+        last, the reconstruction."""
+        if task.command == "fit":
+            run.extra = self.stage_inputs(task, run.last, clip, ldm)
+            run.last = self.fit(task.stage, task.config_file, task.stage_dir, task.seed, run.extra)
+        elif task.command == "test":  # stage 2's, of the checkpoint its fit just wrote
+            run.identification = self.test_identification(task.stage_dir, task.seed, run.extra, run.last)
+        elif task.command == "reconstruct":  # from the stage-3 checkpoint
+            run.recon = self.reconstruct(run.last, task.stage_dir, task.seed, clip)
+            return True
+        else:
+            raise ValueError(f"no runner for {task}")
+        return False
+
+    def stage_inputs(self, task: Task, encoder: Path | None, clip: tuple[str, str], ldm: str) -> dict:
+        """What a method's stage takes from the tasks before it, on top of its config: the checkpoint of
+        the method's previous fit (``encoder``), CLIP's weights for the feature cache, the LDM."""
+        method = METHODS[task.method]
         clip_data = {"data": {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}}
-        if method.image_phase is not None:
-            extra = {"model": {"init_args": {"init_ckpt": str(encoder)}}, **clip_data}
-            encoder = self.fit("stage1_image", method.image_phase, root / "stage1_image", seed, extra)
-        identification = None
-        if method.align is not None:
-            extra = {"model": {"init_args": {"encoder_ckpt": str(encoder), **method.align}}, **clip_data}
-            encoder = self.fit("stage2", STAGE_CONFIGS["stage2"], root / "stage2", seed, extra)
-            identification = self.test_identification(root / "stage2", seed, extra, encoder)
-        extra = {"model": {"init_args": {"pretrained_ldm": ldm, "encoder_ckpt": str(encoder)}}}
-        checkpoint = self.fit("stage3", STAGE_CONFIGS["stage3"], root / "stage3", seed, extra)
-        recon = self.reconstruct(checkpoint, root / "recon", seed, clip)
+        if task.stage == "stage1":
+            return {}
+        if task.stage == "stage1_image":
+            return {"model": {"init_args": {"init_ckpt": str(encoder)}}, **clip_data}
+        if task.stage == "stage2":
+            return {"model": {"init_args": {"encoder_ckpt": str(encoder), **method.align}}, **clip_data}
+        if task.stage == "stage3":
+            return {"model": {"init_args": {"pretrained_ldm": ldm, "encoder_ckpt": str(encoder)}}}
+        raise ValueError(f"no inputs known for {task}")
+
+    def summary(self, task: Task, run: MethodRun) -> dict:
+        """``OUT/<method>/seed<k>/summary.json`` (what the report tabulates), once its last task ran."""
+        name, method, root = task.method, METHODS[task.method], task.stage_dir.parent
+        seconds = {}
         for stage_dir in sorted(root.glob("*/done-*.json")):
             seconds[f"{stage_dir.parent.name}/{stage_dir.stem[5:]}"] = json.loads(stage_dir.read_text())[
                 "seconds"
@@ -429,14 +521,14 @@ class Pipeline:
             "run": self.out.name,
             "method": name,
             "label": method.label,
-            "seed": seed,
+            "seed": task.seed,
             "encoder": method.encoder,
             "modalities": modalities(method),
             "tables": list(method.tables),
             "data_dir": self.data_dir,
             "params": None if self.dry_run else parameter_counts(root),
-            "identification": identification,
-            "recon": recon,
+            "identification": run.identification,
+            "recon": run.recon,
             "seconds": seconds,
         }
         if not self.dry_run:
@@ -485,13 +577,11 @@ class Pipeline:
             findings = preflight(self, methods, seeds)
             if findings.problems:
                 raise PreflightError(findings.problems)
-        self.progress = Progress(self.planned_work(methods, seeds))
+        tasks = self.tasks(methods, seeds)
+        self.progress = Progress(self.weigh(tasks))
         with run_lock(self.out):
             self.check_dataset()
-            clip = self.clip()
-            self.ridge(clip)
-            ldm = self.ldm(clip)
-            summaries = [self.method(m, seed, clip, ldm) for seed in seeds for m in methods]
+            summaries = self.run_tasks(tasks)
         done = (
             "dry run: configs written, nothing run or checked (--check)"
             if self.dry_run
@@ -519,69 +609,38 @@ class Pipeline:
                 )
         atomic.write_text(path, json.dumps({"data_dir": self.data_dir, "manifest_sha256": digest}, indent=2))
 
-    def fits(self, methods: list[str], seeds: list[int]) -> list[Fit]:
+    def fits(self, methods: list[str], seeds: list[int]) -> list[Task]:
         """Every ``lightning fit`` the run makes, in order (the stand-ins it trains first): what the
-        preflight checks. Mirrors :meth:`clip`, :meth:`ldm` and :meth:`method`."""
-        shared, fits = self.out / "shared", []
-        if not self.use_shipped:
-            if not self.plan.get("clip_pretrained"):
-                fits.append(Fit("clip_pretrain", STAGE_CONFIGS["clip_pretrain"], shared / "clip_pretrain"))
-            if not self.plan.get("pretrained_ldm"):
-                fits += [
-                    Fit(f"ldm_{p}", STAGE_CONFIGS[f"ldm_{p}"], shared / f"ldm_{p}") for p in ("vq", "unet")
-                ]
-        for seed in dict.fromkeys(seeds):
-            for name in chosen_methods(methods):
-                method, root = METHODS[name], self.out / name / f"seed{seed}"
-                fits.append(Fit("stage1", method.stage1_config, root / "stage1"))
-                if method.image_phase is not None:
-                    fits.append(Fit("stage1_image", method.image_phase, root / "stage1_image"))
-                if method.align is not None:
-                    fits.append(Fit("stage2", STAGE_CONFIGS["stage2"], root / "stage2"))
-                fits.append(Fit("stage3", STAGE_CONFIGS["stage3"], root / "stage3"))
-        return fits
+        preflight checks; the fit tasks of :meth:`tasks`."""
+        return [task for task in self.tasks(methods, seeds) if task.command == "fit"]
 
     def planned_work(self, methods: list[str], seeds: list[int]) -> dict[str, float]:
-        """Every task this run will go through, in order: its fits (:meth:`fits`), the ridge yardstick
-        once the CLIP it uses is there, each stage 2's test and each reconstruction; weighed by the
-        samples each processes (:mod:`lightning_fcae.progress`)."""
-        tasks: list[tuple[str, str | tuple[str, str]]] = []
-        for fit in self.fits(methods, seeds):
-            root = fit.stage_dir.relative_to(self.out)
-            tasks.append((f"{root}:fit", (fit.stage, fit.config_file)))
-            if fit.stage == "stage2":
-                tasks.append((f"{root}:test", "test"))
-            if fit.stage == "stage3":
-                tasks.append((f"{root.parent}/recon:reconstruct", "reconstruct"))
-        first = 1 if tasks and tasks[0][0] == "shared/clip_pretrain:fit" else 0
-        tasks.insert(first, (RIDGE_TASK, "ridge"))
-        return self.weigh(tasks)
+        """Every task this run will go through (:meth:`tasks`), in order, weighed by the samples each
+        processes (:mod:`lightning_fcae.progress`)."""
+        return self.weigh(self.tasks(methods, seeds))
 
-    def stand_in_work(self) -> dict[str, float]:
-        """The tasks of ``lightning-fcae stand-ins train`` (every stand-in and the checks' judge), weighed."""
-        stages = ("clip_pretrain", "ldm_vq", "ldm_unet", "classifier")
-        return self.weigh([(f"shared/{stage}:fit", (stage, STAGE_CONFIGS[stage])) for stage in stages])
-
-    def weigh(self, tasks: list[tuple[str, str | tuple[str, str]]]) -> dict[str, float]:
+    def weigh(self, tasks: list[Task]) -> dict[str, float]:
         """``{task: the samples it processes}`` in the tasks' order; all alike for data that is not on
         this machine (a URL)."""
         if "://" in self.data_dir:
-            return {task: 1.0 for task, _ in tasks}
+            return {self.task_key(task.stage_dir, task.command): 1.0 for task in tasks}
         samples = {name: split.samples for name, split in Manifest.load(self.data_dir).splits.items()}
-        return {task: self.task_work(kind, samples) for task, kind in tasks}
+        return {self.task_key(task.stage_dir, task.command): self.task_work(task, samples) for task in tasks}
 
-    def task_work(self, kind: str | tuple[str, str], samples: dict[str, int]) -> float:
-        """The samples one task processes (see :meth:`planned_work`); ``kind`` is ``ridge``, ``test``,
-        ``reconstruct`` or, for a fit, its stage's name and config file."""
+    def task_work(self, task: Task, samples: dict[str, int]) -> float:
+        """The samples one task processes (see :meth:`planned_work`): the ridge one pass over the data, a
+        stage-2 test the test split, a reconstruction the test split times its sampling steps, a fit what
+        its stage config's budget trains on."""
         test = samples.get("test", 0)
-        if kind == "ridge":
+        if task.command == "ridge":
             return float(sum(samples.values()))
-        if kind == "test":
+        if task.command == "test":
             return float(test)
-        if kind == "reconstruct":
+        if task.command == "reconstruct":
             return float(test * int((self.plan.get("reconstruct") or {}).get("steps", 50)))
-        stage, config_file = kind
-        config = deep_merge(load_stage_config(self.configs / config_file), self.overrides.get(stage, {}))
+        config = deep_merge(
+            load_stage_config(self.configs / task.config_file), self.overrides.get(task.stage, {})
+        )
         batch = (config.get("data") or {}).get("init_args", {}).get("batch_size", 32)
         return fit_work(config.get("trainer") or {}, batch, samples.get("train", 0))
 

@@ -36,7 +36,7 @@ from .plan import PlanError
 
 if TYPE_CHECKING:
     from .data.schema import Manifest
-    from .pipeline import Fit, Pipeline
+    from .pipeline import Pipeline, Task
 
 # sha256 reads every byte (of the order of a second per GB on one core): beyond this the shards' sizes are checked and
 # `lightning-fcae data inspect --verify` is named for their hashes.
@@ -405,7 +405,7 @@ def keeps(config: dict) -> int:
 
 def checkpoint_bytes(
     findings: Findings,
-    fits: list[Fit],
+    fits: list[Task],
     configs: dict[tuple[str, str], dict],
     manifest: Manifest,
     ldm: LdmShape | None,
@@ -447,7 +447,7 @@ def checkpoint_bytes(
 def check_disk(
     findings: Findings,
     pipeline: Pipeline,
-    fits: list[Fit],
+    fits: list[Task],
     configs: dict[tuple[str, str], dict],
     manifest: Manifest,
     ldm: LdmShape | None,

@@ -364,6 +364,31 @@ def test_progress_is_by_work_done_with_the_time_left(tmp_path, synthetic_tiny, c
     assert work["fcae/seed0/recon:reconstruct"] == 2 * test
 
 
+def test_the_runner_runs_the_tasks_the_preflight_and_progress_were_given(tmp_path, synthetic_tiny, capsys):
+    """What a run does (its console lines, in order) is :meth:`Pipeline.tasks`: the fits the preflight
+    checks are its fits and the progress counts each of its tasks once, for every method and 2 seeds."""
+    out, plan = tmp_path / "run", write_plan(tmp_path, tiny_plan(synthetic_tiny))
+    methods, seeds = list(METHODS), [0, 1]
+    argv = ["--plan", str(plan), "--out", str(out), "--dry-run", "--methods", *methods, "--seeds", "0", "1"]
+    assert main(argv) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[") and "·" in line]
+    words = {"lightning_fcae fit ": "fit", "lightning_fcae test ": "test"}
+    words |= {"lightning_fcae reconstruct ": "reconstruct", ": ridge yardstick": "ridge"}
+    ran = []  # (folder, command) of each task the run went through
+    for line in printed:
+        folder = line.split("] ", 1)[1].split(": ", 1)[0]
+        (word,) = [word for key, word in words.items() if key in line]
+        ran.append((folder, word))
+    pipeline = Pipeline(yaml.safe_load(plan.read_text()), out, Path("configs"))
+    tasks = pipeline.tasks(methods, seeds)
+    assert ran == [(str(task.stage_dir.relative_to(out)), task.command) for task in tasks]
+    fits = [(folder, "fit") for folder, word in ran if word == "fit"]
+    assert fits == [(str(fit.stage_dir.relative_to(out)), "fit") for fit in pipeline.fits(methods, seeds)]
+    assert list(pipeline.planned_work(methods, seeds)) == [f"{folder}:{word}" for folder, word in ran]
+    # the stand-ins and the ridge; per seed 4 aligned methods x 5 tasks, 2 without stage 2 x 3, vis-dec 4
+    assert len(ran) == 3 + 1 + 2 * (4 * 5 + 2 * 3 + 4)
+
+
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, synthetic_tiny, capsys, monkeypatch):
     out, plan = tmp_path / "run", write_plan(tmp_path, tiny_plan(synthetic_tiny))
 

@@ -21,26 +21,24 @@ from torch import nn
 from ..data.schema import Manifest
 from ..models.ldm import load_ldm, save_ldm
 from ..models.scene_classifier import SceneClassifier
-from ..pipeline import Pipeline
+from ..pipeline import STAND_IN_STAGES, Pipeline
 from ..progress import Progress
 from ..run_lock import run_lock
 from .cards import Training, write_card
 from .checks import format_checks, run_checks
 from .shipped import StandIns, dataset_identity, half_state_dict, load_stand_ins, write_manifest
 
-STAND_IN_STAGES = ("clip_pretrain", "ldm_vq", "ldm_unet", "classifier")
 COMMAND = "lightning-fcae stand-ins train --plan {plan} --data {data} --runs {runs} --out {out}"
 
 
 def train(plan: dict, runs: Path, configs: Path) -> dict[str, Path]:
     """Fit every stand-in (skipping finished ones); returns the run folder of each."""
     pipeline = Pipeline(plan, runs, configs)
-    pipeline.progress = Progress(pipeline.stand_in_work())
+    tasks = pipeline.stand_in_tasks()
+    pipeline.progress = Progress(pipeline.weigh(tasks))
     with run_lock(runs):
-        clip = pipeline.clip()
-        pipeline.ldm(clip)
-        pipeline.classifier()
-    return {name: runs / "shared" / name for name in STAND_IN_STAGES}
+        pipeline.run_tasks(tasks)
+    return {task.stage: task.stage_dir for task in tasks}
 
 
 def _half(module: nn.Module) -> nn.Module:
