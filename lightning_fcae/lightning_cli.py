@@ -83,7 +83,7 @@ class FCAECLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """LightningCLI loads ``--ckpt_path`` here, before anything else: a damaged file is named with
         the fix first, instead of ``PytorchStreamReader failed ...`` (no file named) on every rerun."""
-        from .checkpoints import check_checkpoint
+        from .models.checkpoints import check_checkpoint
 
         subcommand = self.config.get("subcommand")
         path = subcommand and self.config[subcommand].get("ckpt_path")

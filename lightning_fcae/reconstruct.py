@@ -42,11 +42,11 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from . import atomic
-from .checkpoints import CheckpointError
 from .data.datamodule import NSDDataModule
 from .data.schema import DatasetError
 from .data.shards import sha256_file
 from .metrics.scoring import comparison_grid, subject_scores
+from .models.checkpoints import CheckpointError
 from .models.factory import CheckpointFormatError
 from .parsers import reconstruct_parser
 from .reconstruction_pipeline import FMRIReconstructionPipeline

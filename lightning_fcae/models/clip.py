@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..checkpoints import check_weights_file, export_fix
+from .checkpoints import check_weights_file, export_fix
 from .torchscript import UnsafeArchiveError, is_torchscript_archive, read_torchscript_tensors
 
 log = logging.getLogger(__name__)

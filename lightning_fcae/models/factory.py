@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import check_checkpoint
 from .align import FMRIAligner
+from .checkpoints import check_checkpoint
 from .condition import ClipCondition
 from .dcmae import DCMAE, ImageGuidance
 from .fcae import FCAE

@@ -33,7 +33,7 @@ from diffusers.models.embeddings import TimestepEmbedding
 from torch import nn
 
 from ..atomic import save_pretrained
-from ..checkpoints import check_weights_file, export_fix
+from .checkpoints import check_weights_file, export_fix
 from .condition import ClipCondition
 
 # The noise schedule of the CompVis LDMs (cin256-v2, the model MinD-Vis fine-tunes): 1000 training steps,
