@@ -60,7 +60,7 @@ def resolve_ldm(recorded: dict, checkpoint_path: Path, override: str | Path | No
     altered = []
     for folder in candidates:
         if folder.is_dir():
-            if ldm_reference(folder)["sha256"] == recorded["sha256"]:
+            if ldm_reference(folder, recorded)["sha256"] == recorded["sha256"]:  # unchanged: not hashed
                 return folder
             altered.append(str(folder))
     if altered:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import lightning as L
@@ -11,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_fcae.models.factory import LegacyCheckpointError, load_model
 from lightning_fcae.models.ldm import build_ldm, save_ldm
-from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline, MissingLDMError
+from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline, MissingLDMError, resolve_ldm
 from lightning_fcae.stages import FCAEPretrain
 from lightning_fcae.stages.diffusion import LDMFinetune
 from lightning_fcae.stages.upgrade import main as upgrade_main
@@ -116,6 +117,54 @@ def test_stage3_resumes_from_a_checkpoint_without_the_frozen_weights(run_folder,
         _trainer(tmp_path, max_steps=4).fit(
             wrong, _datamodule(data), ckpt_path=run / "stage3/checkpoints/last.ckpt"
         )
+
+
+def test_an_unchanged_ldm_folder_is_not_hashed_again(run_folder, tmp_path, monkeypatch):
+    """A stage-3 checkpoint records its LDM folder's sha256 and each file's size and mtime: a load or a
+    resume that finds the folder as recorded takes the sha256 without reading ~1.6 GB (paper size) again;
+    a touched file makes it hash the folder (same bytes: accepted), other bytes are refused as before."""
+    import lightning_fcae.stages.diffusion as diffusion
+
+    _, run, _ = run_folder
+    copy = shutil.copytree(run, tmp_path / "run")  # copy2: sizes and modification times kept
+    ckpt, ldm = copy / "stage3/checkpoints/last.ckpt", copy / "ldm"
+    files = sorted(p.relative_to(ldm).as_posix() for p in ldm.rglob("*") if p.is_file())
+    recorded = torch.load(ckpt, weights_only=True)["ldm"]
+    assert sorted(recorded["files"]) == files
+    hashed, sha256_file = [], diffusion.sha256_file
+    monkeypatch.setattr(diffusion, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+
+    def resume(folder, checkpoint=recorded):  # what a resumed stage 3 checks (on_load_checkpoint)
+        module = LDMFinetune(V, pretrained_ldm=str(folder), clip_tokens=5, clip_dim=16)
+        module.on_load_checkpoint({"ldm": checkpoint, "state_dict": {}})
+        return module
+
+    FMRIReconstructionPipeline.from_checkpoint(ckpt)
+    record = resume(ldm).ldm_record()
+    assert (record["sha256"], record["files"]) == (recorded["sha256"], recorded["files"]) and hashed == []
+    # a record written before sizes and times were: hashed, as before
+    assert resolve_ldm({k: v for k, v in recorded.items() if k != "files"}, ckpt).resolve() == ldm
+    assert len(hashed) == len(files)
+    # a file touched, the same bytes: hashed, and accepted
+    hashed.clear()
+    weights = next(ldm.rglob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert resolve_ldm(recorded, ckpt).resolve() == ldm and len(hashed) == len(files)
+    resume(ldm)
+    assert len(hashed) == 2 * len(files)
+    # other bytes (same size): refused, by a load and by a resume
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(data)
+    with pytest.raises(MissingLDMError, match="is not the one"):
+        resolve_ldm({**recorded, "path": str(ldm)}, ckpt)
+    with pytest.raises(ValueError, match="resume with that LDM"):
+        resume(ldm)
+    # a folder that changes after a run read its weights cannot be recorded as the one it trained on
+    module = LDMFinetune(V, pretrained_ldm=str(ldm), clip_tokens=5, clip_dim=16)
+    os.utime(ldm / files[0], ns=(0, 0))
+    with pytest.raises(ValueError, match="changed .* after this stage-3 run read its weights"):
+        module.ldm_record()
 
 
 def test_legacy_checkpoint_names_the_upgrade_and_upgrade_makes_it_load(run_folder, tmp_path, capsys):

@@ -71,13 +71,30 @@ def stage3_aligner(
     return aligner
 
 
-def ldm_reference(path: str | Path) -> dict:
-    """``{path, sha256}`` of an LDM folder: the sha256 of its files' names and sha256s, so a checkpoint
-    that leaves the frozen weights to the folder can tell whether it still holds the same ones."""
+def ldm_files(root: Path) -> dict[str, list[int]]:
+    """``{path relative to root: [size, mtime_ns]}`` of every file under an LDM folder, in the order the
+    folder's sha256 lists them: a stat of each file, nothing read."""
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        files[path.relative_to(root).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return files
+
+
+def ldm_reference(path: str | Path, recorded: dict | None = None) -> dict:
+    """``{path, sha256, files}`` of an LDM folder: ``sha256`` of its files' names and sha256s, so that a
+    checkpoint which leaves the frozen weights to the folder can tell whether it still holds the same
+    ones, and ``files`` (:func:`ldm_files`). Hashing reads the whole folder (~1.6 GB at paper size), so
+    when ``recorded`` (a checkpoint's ``ldm`` entry) lists the very same files, sizes and modification
+    times, its sha256 is taken as it is; anything else (a file touched, added, removed or rewritten, or a
+    record written before ``files`` existed) hashes the folder. Like make's, the shortcut trusts times:
+    bytes changed in place under the same size and mtime would pass. Nothing is written to the folder."""
     root = Path(path).resolve()
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    listing = "\n".join(f"{p.relative_to(root).as_posix()} {sha256_file(p)}" for p in files)
-    return {"path": str(root), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+    files = ldm_files(root)
+    if recorded is not None and recorded.get("files") == files:
+        return {"path": str(root), "sha256": recorded["sha256"], "files": files}
+    listing = "\n".join(f"{name} {sha256_file(root / name)}" for name in files)
+    return {"path": str(root), "sha256": hashlib.sha256(listing.encode()).hexdigest(), "files": files}
 
 
 def fmri_preprocessing(stats: dict, num_voxels: int) -> dict:
@@ -131,7 +148,8 @@ class LDMFinetune(RecordsModels, RankSeededModule):
     weights.
 
     Checkpoints hold what trains, not the frozen weights again: with a ``pretrained_ldm`` they record
-    that folder (path, path relative to the checkpoint folder, content sha256) under ``checkpoint["ldm"]``
+    that folder (path, path relative to the checkpoint folder, content sha256, each file's size and mtime:
+    :func:`ldm_reference`) under ``checkpoint["ldm"]``
     and leave its frozen UNet and VQ weights out (at paper size ~3 GB less per checkpoint). They also
     record the models (``models/factory.py``) and the data's per-subject normalisation
     (``checkpoint["fmri_preprocessing"]``), so that the reconstruction pipeline
@@ -177,7 +195,10 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         super().__init__()
         self.save_hyperparameters()
         ldm = load_ldm(pretrained_ldm) if pretrained_ldm else build_ldm(ldm_config)
-        self.ldm_reference = None if not pretrained_ldm else ldm_reference(pretrained_ldm)
+        # the LDM folder as its weights were read; its reference (sha256) is made when first needed
+        self.ldm_folder = None if not pretrained_ldm else Path(pretrained_ldm).resolve()
+        self.ldm_folder_files = None if not pretrained_ldm else ldm_files(self.ldm_folder)
+        self._ldm_reference: dict | None = None
         # the CLIP grid: the LDM's when it was pretrained on CLIP features, else stage 2's, else the args
         pinned = ldm.condition is not None
         if pinned:
@@ -213,20 +234,36 @@ class LDMFinetune(RecordsModels, RankSeededModule):
             if k.startswith("vq.") or (k.startswith("unet.") and k not in trainable)
         }
 
+    def ldm_record(self, recorded: dict | None = None) -> dict | None:
+        """The reference (:func:`ldm_reference`) of the LDM folder the frozen weights came from; None for
+        a random LDM. Made once per process, when first needed: resuming, against the checkpoint's record
+        (an unchanged folder is not hashed again), or else at the first checkpoint save (the folder is
+        hashed). A folder that changed since its weights were read is refused: the record would name
+        other weights than those this run holds."""
+        if self.ldm_folder is None:
+            return None
+        if self._ldm_reference is None:
+            reference = ldm_reference(self.ldm_folder, recorded)
+            if reference["files"] != self.ldm_folder_files:
+                raise ValueError(
+                    f"the LDM folder {self.ldm_folder} changed (files touched, added or removed) after this "
+                    "stage-3 run read its weights from it: start the run again"
+                )
+            self._ldm_reference = reference
+        return self._ldm_reference
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         data = self.trainer.datamodule if self._trainer is not None else None
         if data is not None and hasattr(data, "norm_stats"):
             checkpoint["fmri_preprocessing"] = fmri_preprocessing(data.norm_stats(), self.hparams.num_voxels)
-        if self.ldm_reference is None:  # a random LDM (tests): nothing to point at, keep every weight
+        reference = self.ldm_record()
+        if reference is None:  # a random LDM (tests): nothing to point at, keep every weight
             return
         # where this file will lie: the checkpoint callback's folder (upgrade-checkpoint rewrites it)
         callback = self._trainer and self.trainer.checkpoint_callback
         root = Path(callback.dirpath) if callback and callback.dirpath else Path.cwd()
-        checkpoint["ldm"] = {
-            **self.ldm_reference,
-            "relative": os.path.relpath(self.ldm_reference["path"], root),
-        }
+        checkpoint["ldm"] = {**reference, "relative": os.path.relpath(reference["path"], root)}
         frozen = self.frozen_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 
@@ -236,11 +273,12 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         recorded = checkpoint.get("ldm")
         if recorded is None:
             return
-        if self.ldm_reference is None or recorded["sha256"] != self.ldm_reference["sha256"]:
+        reference = self.ldm_record(recorded)
+        if reference is None or recorded["sha256"] != reference["sha256"]:
             raise ValueError(
                 f"this stage-3 checkpoint was trained on the LDM {recorded['path']} (sha256 "
                 f"{recorded['sha256'][:12]}), the run's pretrained_ldm is "
-                f"{self.ldm_reference and self.ldm_reference['path']}: resume with that LDM"
+                f"{reference and reference['path']}: resume with that LDM"
             )
         own = self.state_dict()
         checkpoint["state_dict"] = {**{k: own[k] for k in self.frozen_keys()}, **checkpoint["state_dict"]}
