@@ -325,9 +325,10 @@ class Pipeline:
             return str(self.stand_ins.ldm)
         export = self.out / "shared" / "ldm"
         for part in ("vq", "unet"):
-            extra = {"model": {"init_args": {"part": part, "export_dir": str(export)}}}
+            args = {"part": part, "export_dir": str(export)}
             if part == "unet":
-                extra["data"] = {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}
+                args |= {"clip_model": clip[0], "clip_pretrained": clip[1]}
+            extra = {"model": {"init_args": args}}
             stage_dir = self.out / "shared" / f"ldm_{part}"
             written = ("vqvae",) if part == "vq" else ("unet", "condition")  # condition/ is written last
             exports = tuple(export / name / DIFFUSERS_WEIGHTS for name in written)
@@ -401,13 +402,13 @@ class Pipeline:
         root = self.out / name / f"seed{seed}"
         seconds = {}
         encoder = self.fit("stage1", method.stage1_config, root / "stage1", seed, {})
-        clip_data = {"data": {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}}
+        clip_args = {"clip_model": clip[0], "clip_pretrained": clip[1]}
         if method.image_phase is not None:
-            extra = {"model": {"init_args": {"init_ckpt": str(encoder)}}, **clip_data}
+            extra = {"model": {"init_args": {"init_ckpt": str(encoder), **clip_args}}}
             encoder = self.fit("stage1_image", method.image_phase, root / "stage1_image", seed, extra)
         identification = None
         if method.align is not None:
-            extra = {"model": {"init_args": {"encoder_ckpt": str(encoder), **method.align}}, **clip_data}
+            extra = {"model": {"init_args": {"encoder_ckpt": str(encoder), **method.align, **clip_args}}}
             encoder = self.fit("stage2", STAGE_CONFIGS["stage2"], root / "stage2", seed, extra)
             identification = self.test_identification(root / "stage2", seed, extra, encoder)
         extra = {"model": {"init_args": {"pretrained_ldm": ldm, "encoder_ckpt": str(encoder)}}}

@@ -21,7 +21,7 @@ LAYERS += [
     ("stage2_align.yaml", f"ablations/{p.name}") for p in sorted((CONFIGS / "ablations").glob("*.yaml"))
 ]
 # files a run reads but a parse does not need: pointed nowhere, so the model builds from scratch
-NO_FILES = {"encoder_ckpt": None, "pretrained_ldm": None, "init_ckpt": None, "live_clip_model": None}
+NO_FILES = {"encoder_ckpt": None, "pretrained_ldm": None, "init_ckpt": None}
 
 
 def parsed_config(capsys, *files: str | None) -> dict:
