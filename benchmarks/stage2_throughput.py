@@ -12,7 +12,7 @@ clamp of ``on_train_batch_end``) with a random-init encoder, in two modes:
           ``clip_text_embed [b, D]`` (float32, as ``ClipFeatureLookup`` returns them; random values: the
           cache is a lookup, so the step's cost is that of reading them). No CLIP in the module.
   live    the batch carries ``image`` (uint8 ``[b, 3, H, W]``) and ``captions`` (1-3 per sample); the
-          module's frozen CLIP (``live_clip_model``, random weights) computes the image tokens, the image
+          module's frozen CLIP (``clip_features="live"``, random weights) computes the image tokens, the image
           embedding and the caption embeddings every step.
 
 Each step moves a host batch to the device and turns uint8 images into float [0, 1], as the DataModule's
@@ -92,8 +92,9 @@ def measure(mode: str, args, tokens: int, dim: int, image_size: int, device: tor
         encoder_size=args.encoder_size,
         clip_tokens=tokens,
         clip_dim=dim,
-        live_clip_model=args.clip_model if mode == "live" else None,
-        live_clip_pretrained=None,
+        clip_model=args.clip_model if mode == "live" else None,
+        clip_pretrained=None,
+        clip_features="live",
     )
     module = module.to(device).train()
     optimizer = adamw(module, module.hparams.lr, module.hparams.weight_decay)

@@ -411,9 +411,10 @@ class Pipeline:
         a UNet conditioned on the ``clip`` stand-in's features (``ldm_unet``); returns the folder."""
         export = self.out / "shared" / "ldm"
         part = task.stage.removeprefix("ldm_")
-        extra = {"model": {"init_args": {"part": part, "export_dir": str(export)}}}
+        args = {"part": part, "export_dir": str(export)}
         if part == "unet":
-            extra["data"] = {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}
+            args |= {"clip_model": clip[0], "clip_pretrained": clip[1]}
+        extra = {"model": {"init_args": args}}
         written = ("vqvae",) if part == "vq" else ("unet", "condition")  # condition/ is written last
         exports = tuple(export / name / DIFFUSERS_WEIGHTS for name in written)
         self.fit(task.stage, task.config_file, task.stage_dir, 0, extra, exports)
@@ -498,13 +499,13 @@ class Pipeline:
         """What a method's stage takes from the tasks before it, on top of its config: the checkpoint of
         the method's previous fit (``encoder``), CLIP's weights for the feature cache, the LDM."""
         method = METHODS[task.method]
-        clip_data = {"data": {"init_args": {"clip_model": clip[0], "clip_pretrained": clip[1]}}}
+        clip_args = {"clip_model": clip[0], "clip_pretrained": clip[1]}  # the stage builds its feature cache
         if task.stage == "stage1":
             return {}
         if task.stage == "stage1_image":
-            return {"model": {"init_args": {"init_ckpt": str(encoder)}}, **clip_data}
+            return {"model": {"init_args": {"init_ckpt": str(encoder), **clip_args}}}
         if task.stage == "stage2":
-            return {"model": {"init_args": {"encoder_ckpt": str(encoder), **method.align}}, **clip_data}
+            return {"model": {"init_args": {"encoder_ckpt": str(encoder), **method.align, **clip_args}}}
         if task.stage == "stage3":
             return {"model": {"init_args": {"pretrained_ldm": ldm, "encoder_ckpt": str(encoder)}}}
         raise ValueError(f"no inputs known for {task}")

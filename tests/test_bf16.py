@@ -48,7 +48,7 @@ def test_every_stage_trains_and_samples_under_bf16_mixed(accelerator, toy_datase
 
     align = FCAEAlign(
         data.num_voxels, encoder_ckpt=str(tmp_path / "stage1.ckpt"), clip_tokens=17, n_way=2,
-        live_clip_model="fcae-clip-tiny",
+        clip_model="fcae-clip-tiny", clip_features="live",
     )  # fmt: skip
     stage2 = _fit(align, data, tmp_path, accelerator)
     for name in ("train/cos", "train/contrastive", "val/loss", "val/top1_2way"):

@@ -6,6 +6,7 @@ import json
 import logging
 import pickle
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_fcae.data.clip_cache import (
+from lightning_fcae.clip_features import (
     CacheError,
     ClipFeatureLookup,
     build_clip_cache,
@@ -219,7 +220,7 @@ def test_clip_pretrain_learns_and_exports(toy_dataset, tmp_path):
         assert torch.equal(
             loaded.text_embed(captions), encode_captions(module.model, module.tokenizer, captions)
         )
-    assert clip_cache_id(loaded) == f"fcae-clip-tiny-{sha256_file(export)[:12]}"
+    assert clip_cache_id("fcae-clip-tiny", str(export)) == f"fcae-clip-tiny-{sha256_file(export)[:12]}"
     direct = open_clip.create_model("fcae-clip-tiny", pretrained=str(export))
     assert all(
         torch.equal(a, b) for a, b in zip(direct.state_dict().values(), loaded.model.state_dict().values())
@@ -230,14 +231,17 @@ def test_clip_pretrain_learns_and_exports(toy_dataset, tmp_path):
 
 def test_clip_cache(toy_dataset, clip, monkeypatch):
     root = toy_dataset
-    cache_id = clip_cache_id(clip)
+    cache_id = clip_cache_id("fcae-clip-tiny", None)
     assert cache_id == "fcae-clip-tiny-random" and cache_status(root, cache_id) == "miss"
 
     seen, image_tokens = [], clip.image_tokens
     with monkeypatch.context() as patch:  # count the images that go through CLIP
         patch.setattr(clip, "image_tokens", lambda images: seen.append(len(images)) or image_tokens(images))
-        cache = ensure_clip_cache(root, clip, batch_size=10, progress=False)
+        cache = build_clip_cache(root, clip, cache_id, batch_size=10, progress=False)
     assert cache_status(root, cache_id) == "hit"
+    with monkeypatch.context() as patch:  # a hit is found by the weights' id: CLIP is not even loaded
+        patch.setattr("lightning_fcae.models.clip.load_clip", lambda *a: pytest.fail("loaded CLIP on a hit"))
+        assert ensure_clip_cache(root, "fcae-clip-tiny", None) == cache
 
     ids = {json.loads(s["meta.json"])["image_id"] for s in iter_raw_samples(sorted(root.glob("*/*.tar")))}
     cached = np.concatenate([np.load(cache / split / "image_ids.npy") for split in ("train", "val", "test")])
@@ -250,7 +254,7 @@ def test_clip_cache(toy_dataset, clip, monkeypatch):
     )
     assert np.load(cache / "train" / "image_tokens.npy", mmap_mode="r").dtype == np.float16
 
-    lookup = pickle.loads(pickle.dumps(ClipFeatureLookup(cache, prefix="clip_")))
+    lookup = pickle.loads(pickle.dumps(ClipFeatureLookup(cache)))
     with torch.no_grad():
         for image_id, i in ((5, 5), (1003, 3), (2007, 7)):
             features = lookup(image_id)
@@ -289,3 +293,30 @@ def test_a_model_meant_to_be_random_says_so_once(caplog):
     with caplog.at_level(logging.WARNING):  # the filter is gone afterwards
         logging.getLogger().warning("No pretrained weights loaded for model 'x'")
     assert "No pretrained weights loaded for model 'x'" in caplog.text
+
+
+def test_the_datamodule_streams_the_features_a_stage_hands_it(toy_dataset):
+    """The DataModule knows nothing of CLIP: it adds whatever per-image lookup it is given to each
+    sample (by meta.json's image_id) and stacks it into the batch; None stops it."""
+    data = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, with_images=False)
+    data.stream_image_features(partial(_id_feature, scale=2.0))  # picklable, as workers need
+    batch = next(iter(data.eval_dataloader("val")))
+    # the toy dataset's val sample i shows image 1000 + i, captioned "toy image {i}"
+    ids = torch.tensor([1000 + int(captions[0].split()[-1]) for captions in batch["captions"]])
+    assert torch.equal(batch["feature"], 2.0 * ids[:, None].float().expand(-1, 3))
+    data.stream_image_features(None)
+    assert "feature" not in next(iter(data.eval_dataloader("val")))
+
+
+def _id_feature(image_id: int, scale: float) -> dict[str, torch.Tensor]:
+    return {"feature": torch.full((3,), scale * image_id)}
+
+
+def test_a_stage_streams_clip_features_only_through_nsd_datamodule():
+    from types import SimpleNamespace
+
+    from lightning_fcae.clip_features import stream_clip_features
+
+    assert stream_clip_features(SimpleNamespace(datamodule=None), "fcae-clip-tiny", None) is None
+    with pytest.raises(TypeError, match="NSDDataModule.*clip_image_tokens"):
+        stream_clip_features(SimpleNamespace(datamodule=L.LightningDataModule()), "fcae-clip-tiny", None)

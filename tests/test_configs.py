@@ -24,7 +24,7 @@ LAYERS += [
 # what every stage's trainer shares, said once in the package (not in configs/)
 SHARED = yaml.safe_load(STAGE_DEFAULTS.read_text())["trainer"]
 # files a run reads but a parse does not need: pointed nowhere, so the model builds from scratch
-NO_FILES = {"encoder_ckpt": None, "pretrained_ldm": None, "init_ckpt": None, "live_clip_model": None}
+NO_FILES = {"encoder_ckpt": None, "pretrained_ldm": None, "init_ckpt": None}
 
 
 def parsed_config(capsys, *files: str | None) -> dict:

@@ -197,8 +197,8 @@ def test_cli_fast_dev_run(config, toy_dataset, tmp_path, monkeypatch):
     phase2 = [
         "--model.init_ckpt=null",
         "--model.clip_tokens=17",  # fcae-clip-tiny: 32 px / patch 8 + cls
-        "--data.clip_model=fcae-clip-tiny",
-        "--data.clip_pretrained=null",
+        "--model.clip_model=fcae-clip-tiny",
+        "--model.clip_pretrained=null",
         "--data.image_size=32",
     ]
     cli = run_lightning_cli(

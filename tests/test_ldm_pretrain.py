@@ -82,14 +82,14 @@ def test_pretrain_export_load_round_trip(toy_dataset, tmp_path):
     assert (out / "vqvae").is_dir() and not (out / "unet").exists()
     assert torch.isfinite(trainer.callback_metrics["train/rec"])
 
-    unet_part = LDMPretrain(part="unet", ldm_config="tiny", export_dir=str(out), clip_tokens=17)
-    data = _datamodule(toy_dataset, **CLIP)
+    unet_part = LDMPretrain(part="unet", ldm_config="tiny", export_dir=str(out), clip_tokens=17, **CLIP)
+    data = _datamodule(toy_dataset)
     _trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(unet_part, data)
     assert unet_part.latent_scale > 0
     # the condition is centred on the training split's CLIP means (from the feature cache)
-    from lightning_fcae.data.clip_cache import train_means
+    from lightning_fcae.clip_features import cache_path, clip_cache_id, train_means
 
-    means = train_means(data.clip_cache_dir())
+    means = train_means(cache_path(toy_dataset, clip_cache_id("fcae-clip-tiny", None)))
     assert torch.allclose(unet_part.condition.image_mean, means["image_tokens"])
     ldm = load_ldm(out)
     assert ldm.vq.config.scaling_factor == pytest.approx(unet_part.latent_scale.item())
@@ -122,9 +122,9 @@ def test_unet_part_needs_the_clip_feature_cache(toy_dataset, tmp_path):
     unet_part = LDMPretrain(part="unet", ldm_config="tiny", export_dir=str(out), clip_tokens=17)
     with pytest.raises(ValueError, match="clip_model"):
         _trainer(tmp_path, max_steps=1).fit(unet_part, _datamodule(toy_dataset))
-    wrong = LDMPretrain(part="unet", ldm_config="tiny", export_dir=str(out), clip_tokens=50)
+    wrong = LDMPretrain(part="unet", ldm_config="tiny", export_dir=str(out), clip_tokens=50, **CLIP)
     with pytest.raises(ValueError, match="clip_tokens"):
-        _trainer(tmp_path, max_steps=1).fit(wrong, _datamodule(toy_dataset, **CLIP))
+        _trainer(tmp_path, max_steps=1).fit(wrong, _datamodule(toy_dataset))
     with pytest.raises(ValueError, match="keep_text"):
         LDMPretrain(part="vq", ldm_config="tiny", keep_text=1.5)
 
@@ -140,7 +140,7 @@ def test_cli_ldm_pretrain_two_parts(toy_dataset, tmp_path, monkeypatch):
     assert not (tmp_path / "checkpoints").exists()
     for part, extra in (
         ("vq", []),
-        ("unet", ["--data.clip_model=fcae-clip-tiny", "--data.clip_pretrained=null"]),
+        ("unet", ["--model.clip_model=fcae-clip-tiny", "--model.clip_pretrained=null"]),
     ):
         cli = run_lightning_cli(
             [*args, *extra, f"--model.part={part}", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"]

@@ -128,7 +128,7 @@ def test_dry_run_chains_each_method(tmp_path, synthetic_tiny):
     # ablation flags reach stage 2; the CLIP stand-in and the LDM stand-in are shared by all methods
     assert init_args(out / "fcae_FT/seed0/stage2")["use_image"] is False
     assert init_args(out / "fcae_FI/seed0/stage2")["use_text"] is False
-    clip = init_args(out / "fcae/seed0/stage2", "data")
+    clip = init_args(out / "fcae/seed0/stage2", "model")
     assert (clip["clip_model"], clip["clip_pretrained"]) == ("fcae-clip-tiny", str(out / "shared/clip.pt"))
     assert init_args(out / "mae_FI/seed0/stage3")["pretrained_ldm"] == str(out / "shared/ldm")
     for config in out.glob("**/run.yaml"):  # nothing is written outside the run folder

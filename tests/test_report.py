@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -78,14 +79,16 @@ def _recon(mse, pixcorr, ssim, clip, pairwise_mse) -> dict:
     }
 
 
-def _grid(recon_dir: Path) -> None:
-    """grid.json and the tiles it names, as `lightning-fcae reconstruct` writes them."""
+def _grid(recon_dir: Path, tint: int = 0) -> None:
+    """grid.json and the tiles it names, as `lightning-fcae reconstruct` writes them: a colour per
+    target, sample and ``tint`` (one per method), so a tile out of place shows."""
     for folder in ("truth", "images"):
         (recon_dir / folder).mkdir()
-    for row in GRID["rows"]:
-        Image.new("RGB", (4, 4), (200, 30, 30)).save(recon_dir / "truth" / f"{row['key']}.png")
+    for r, row in enumerate(GRID["rows"]):
+        Image.new("RGB", (4, 4), (200, 10 * r, 30)).save(recon_dir / "truth" / f"{row['key']}.png")
         for i in range(GRID["samples"]):
-            Image.new("RGB", (4, 4), (30, 30, 200)).save(recon_dir / "images" / f"{row['key']}_{i}.png")
+            colour = (30 + tint, 10 * r + i, 200)
+            Image.new("RGB", (4, 4), colour).save(recon_dir / "images" / f"{row['key']}_{i}.png")
     (recon_dir / "grid.json").write_text(json.dumps(GRID))
 
 
@@ -107,7 +110,7 @@ def _fake_run(root: Path, names: dict[str, str] | None = None) -> Path:
                 _stage(seed_dir / stage)
             (seed_dir / "recon").mkdir()
             Image.new("RGB", (8, 4), (200, 30, 30)).save(seed_dir / "recon" / "grid.png")
-            _grid(seed_dir / "recon")
+            _grid(seed_dir / "recon", tint=100 * list(SCORES).index(method))
             recon = _recon(mse, pixcorr, ssim, clip, pw)
             (seed_dir / "recon" / "metrics.json").write_text(json.dumps(recon))
             summary = {
@@ -283,6 +286,29 @@ def test_report_grids_are_labelled_per_subject_and_side_by_side(tmp_path):
     assert page.count("src='mindvis/seed0/recon/images/subj01_0_0.png'") == 2  # its grid + side by side
     # tiles are enlarged without smoothing
     assert re.search(r"img\.tile \{[^}]*width: \d{3}px[^}]*image-rendering: pixelated", page)
+    # ... and the same comparison as one figure: per row the seen image, then each method's sample 1,
+    # each pixel enlarged 3x into a 3x3 block
+    from PIL import Image
+
+    from lightning_fcae.report.figure import side_by_side
+
+    assert "href='side_by_side.png'" in page
+    _, rows = side_by_side(load_summaries(run))
+    with Image.open(run / "side_by_side.png") as sheet:
+        sheet = np.asarray(sheet.convert("RGB"))
+    for r, row in enumerate(rows[:2]):
+        for c, path in enumerate(
+            [
+                run / "fcae/seed0/recon/truth",
+                run / "fcae/seed0/recon/images",
+                run / "mindvis/seed0/recon/images",
+            ]
+        ):
+            name = f"{row['key']}.png" if c == 0 else f"{row['key']}_0.png"
+            tile = np.asarray(Image.open(path / name).convert("RGB"))
+            side = 3 * tile.shape[0]
+            top, left = 14 + 4 + r * (side + 4), 4 + c * (side + 4)
+            np.testing.assert_array_equal(sheet[top : top + side : 3, left : left + side : 3], tile)
 
 
 def test_report_gives_chance_beside_every_identification_figure(tmp_path):

@@ -16,7 +16,12 @@ from lightning_fcae.stages import FCAEPretrain
 from lightning_fcae.stages.align import FCAEAlign
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CLIP = {"live_clip_model": "fcae-clip-tiny", "clip_tokens": 17, "clip_dim": 512}  # 32 px / patch 8 + cls
+TINY_CLIP = {
+    "clip_model": "fcae-clip-tiny",
+    "clip_features": "live",
+    "clip_tokens": 17,
+    "clip_dim": 512,
+}  # 32 px / patch 8 + cls
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
@@ -87,9 +92,10 @@ def test_loss_terms_follow_their_flags(flags, terms, toy_dataset, tmp_path):
 def test_clip_token_count_mismatch_names_the_setting(synthetic_tiny, tmp_path):
     """A cache of fcae-clip-tiny (17 tokens) under the config's default clip_tokens (65) is refused
     with the settings to change, not a tensor-size error from deep in setup."""
-    dm = NSDDataModule(str(synthetic_tiny), batch_size=32, num_workers=0, clip_model="fcae-clip-tiny")
+    dm = NSDDataModule(str(synthetic_tiny), batch_size=32, num_workers=0)
+    module = FCAEAlign(dm.num_voxels, clip_tokens=65, clip_model="fcae-clip-tiny")
     with pytest.raises(ValueError, match=r"\(17, 512\), the model expects \(65, 512\).*clip_tokens"):
-        _trainer(tmp_path, max_steps=0).fit(FCAEAlign(dm.num_voxels, clip_tokens=65), dm)
+        _trainer(tmp_path, max_steps=0).fit(module, dm)
 
 
 def test_alignment_identifies_unseen_images_better_than_before(synthetic_tiny, tmp_path):
@@ -105,9 +111,16 @@ def test_alignment_identifies_unseen_images_better_than_before(synthetic_tiny, t
         num_workers=0,
         with_images=False,
         sparsity=0.0,
+    )
+    module = FCAEAlign(
+        dm.num_voxels,
+        n_way=10,
+        lr=1e-3,
+        mask_ratio=0.0,
+        use_text=False,
+        clip_tokens=17,
         clip_model="fcae-clip-tiny",
     )
-    module = FCAEAlign(dm.num_voxels, n_way=10, lr=1e-3, mask_ratio=0.0, use_text=False, clip_tokens=17)
     _trainer(tmp_path, max_steps=0, limit_val_batches=0).fit(module, dm)  # setup: target means from the cache
     assert module.clip_embed_mean.abs().sum() > 0
     before = _trainer(tmp_path).test(module, dm, verbose=False)[0]["test/top1_2way"]
@@ -138,8 +151,8 @@ def test_cli_fast_dev_run(toy_dataset, tmp_path, monkeypatch):
             f"--config={REPO / 'configs' / 'stage2_align.yaml'}",
             f"--config={REPO / 'configs' / 'ablations' / 'image_only.yaml'}",
             f"--data.data_dir={toy_dataset}",
-            "--data.clip_model=fcae-clip-tiny",
-            "--data.clip_pretrained=null",
+            "--model.clip_model=fcae-clip-tiny",
+            "--model.clip_pretrained=null",
             "--data.num_workers=0",
             "--data.image_size=32",
             "--model.encoder_ckpt=null",

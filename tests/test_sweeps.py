@@ -59,8 +59,8 @@ def test_sweep_command_runs(path, toy_dataset, tmp_path, monkeypatch):
     ]
     if "stage2" in config.name:  # no stage-1 checkpoint or CLIP weights in a test: tiny random ones
         overrides += [
-            "--data.clip_model=fcae-clip-tiny",
-            "--data.clip_pretrained=null",
+            "--model.clip_model=fcae-clip-tiny",
+            "--model.clip_pretrained=null",
             "--data.image_size=32",
             "--model.encoder_ckpt=null",
             "--model.clip_tokens=17",

@@ -13,14 +13,16 @@ A batch is a dict::
     image     float32 [b, 3, s, s]  in [0, 1] (absent when with_images=False)
     labels    dict[str, int64 [b]]  meta.json labels (-1 where a sample lacks one)
     captions  list[list[str]]; key list[str]
+    ...                             per-image features a stage asked for (``stream_image_features``),
+                                    e.g. frozen-CLIP features (lightning_fcae.clip_features.BATCH_KEYS)
 """
 
 from __future__ import annotations
 
 import json
 import math
-import typing
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -58,8 +60,8 @@ from .transforms import (
     reduce_repeats,
 )
 
-if typing.TYPE_CHECKING:
-    from .clip_cache import ClipFeatureLookup
+# image id -> {name: tensor}: features stored per image, added to each sample of that image
+ImageFeatures = Callable[[int], dict[str, torch.Tensor]]
 
 # webdataset warns that with_length() only sets __len__: that is exactly what it is used for here
 warnings.filterwarnings("ignore", message=r"\.with_length\(\) only sets the value")
@@ -94,10 +96,10 @@ class SampleDecoder:
         with_images: bool,
         image_size: int | None,
         seed: int,
-        clip_lookup: ClipFeatureLookup | None = None,
+        image_features: ImageFeatures | None = None,
     ):
         self.subjects, self.stats, self.length = subjects, stats, length
-        self.clip_lookup = clip_lookup
+        self.image_features = image_features
         self.subject_index = {s: i for i, s in enumerate(subjects)}
         self.repeats, self.with_images, self.image_size = repeats, with_images, image_size
         self.seed = seed
@@ -131,10 +133,12 @@ class SampleDecoder:
             if image_key is None:
                 raise SampleError(f"{key}: no image ({' or '.join(IMAGE_KEYS)})")
             sample["image"] = image_to_uint8_chw(decode_image(raw[image_key], key), self.image_size)
-        if (
-            self.clip_lookup is not None
-        ):  # clip_image_tokens [T, D], clip_image_embed [D], clip_text_embed [D]
-            sample.update(self.clip_lookup(meta["image_id"]))
+        if self.image_features is not None:
+            if not isinstance(meta.get("image_id"), int):
+                raise SampleError(
+                    f"{key}: meta.json has no integer image_id to look its image's features up by"
+                )
+            sample.update(self.image_features(meta["image_id"]))
         return sample
 
 
@@ -148,8 +152,8 @@ def collate(samples: list[dict]) -> dict:
         "captions": [s["captions"] for s in samples],
         "labels": {n: torch.tensor([s["labels"].get(n, -1) for s in samples]) for n in label_names},
     }
-    for name in samples[0]:
-        if name == "image" or name.startswith("clip_"):
+    for name, value in samples[0].items():  # the image and any per-image features
+        if name not in batch and isinstance(value, torch.Tensor):
             batch[name] = torch.stack([s[name] for s in samples])
     return batch
 
@@ -170,10 +174,10 @@ class NSDDataModule(L.LightningDataModule):
         train_repeats / eval_repeats: how ``[repeats, voxels]`` becomes one vector.
         verify_shards: sha256-check every local shard at setup (sizes are always checked).
         seed: seeds shard resampling, shuffling and repeat draws.
-        clip_model / clip_pretrained: stream frozen-CLIP features with each sample (stage 2). They are
-            computed once into ``data_dir/features/<model>-<weights hash>`` by ``prepare_data`` (a progress
-            bar on first use) and read by image id afterwards; ``clip_pretrained`` is a local
-            checkpoint or an open_clip tag (online only).
+
+    A stage whose batches need per-image features (frozen-CLIP features: stage 2, vis-dec's image-guided
+    phase, the stand-in UNet) hands this module their lookup with :meth:`stream_image_features` in its
+    ``setup``; which CLIP is the stage's argument (``model.init_args.clip_model``), not the data's.
     """
 
     def __init__(
@@ -191,8 +195,6 @@ class NSDDataModule(L.LightningDataModule):
         eval_repeats: RepeatMode = "average",
         verify_shards: bool = False,
         seed: int = 0,
-        clip_model: str | None = None,
-        clip_pretrained: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -218,25 +220,12 @@ class NSDDataModule(L.LightningDataModule):
         # every subject is padded to one common length so batches can mix subjects
         self.num_voxels = padded_length(max(self.subjects.values()), patch_size)
         self._stats: dict | None = None
-        self._clip_cache: Path | None = None
+        self._image_features: ImageFeatures | None = None
 
-    def prepare_data(self) -> None:
-        """Builds the CLIP feature cache if configured and missing or stale (rank 0 only)."""
-        self.clip_cache_dir()
-
-    def clip_cache_dir(self) -> Path | None:
-        if self.hparams.clip_model is None:
-            return None
-        if self._clip_cache is None:
-            if not is_local(self.data_dir):
-                raise NotImplementedError("the CLIP feature cache needs a local dataset")
-            from ..models.clip import load_clip
-            from .clip_cache import ensure_clip_cache
-
-            clip = load_clip(self.hparams.clip_model, self.hparams.clip_pretrained)
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            self._clip_cache = ensure_clip_cache(self.data_dir, clip, device=device)
-        return self._clip_cache
+    def stream_image_features(self, lookup: ImageFeatures | None) -> None:
+        """From the next dataloader on, add ``lookup(image_id)`` to every sample (stacked into the batch
+        under its keys). The lookup must pickle (it runs in DataLoader workers); None stops it."""
+        self._image_features = lookup
 
     @property
     def image_size(self) -> int:
@@ -280,16 +269,8 @@ class NSDDataModule(L.LightningDataModule):
             self.hparams.with_images,
             self.image_size,
             self.hparams.seed,
-            self._clip_lookup(),
+            self._image_features,
         )
-
-    def _clip_lookup(self) -> ClipFeatureLookup | None:
-        cache = self.clip_cache_dir()
-        if cache is None:
-            return None
-        from .clip_cache import ClipFeatureLookup  # imports open_clip: only when CLIP features are asked for
-
-        return ClipFeatureLookup(cache, prefix="clip_")
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -8,11 +8,12 @@ The pipeline driver writes::
     RUN_DIR/<method>/seed<k>/summary.json
 
 and this module writes ``RUN_DIR/report.html`` (images by relative path, no external CSS or JS, so the
-folder can be copied or zipped as it is), ``RUN_DIR/plots/*.png`` (loss curves), ``table2.{md,csv}`` and,
-when any run scored stage-2 identification, ``table3.{md,csv}``.
+folder can be copied or zipped as it is), ``RUN_DIR/plots/*.png`` (loss curves), ``table2.{md,csv}``,
+when any run scored stage-2 identification ``table3.{md,csv}``, and with two methods or more
+``side_by_side.png`` (test images beside each method's reconstruction).
 
 Modules: :mod:`.runs` (finding the summaries), :mod:`.tables` (Tables 2 and 3), :mod:`.curves` (loss
-plots), :mod:`.page` (report.html).
+plots), :mod:`.figure` (the methods side by side), :mod:`.page` (report.html).
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ zipped as it is.
 from __future__ import annotations
 
 import html
-import json
 import re
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
 from .curves import plot_curves
+from .figure import grid_rows, side_by_side, write_side_by_side_png
 from .runs import load_summaries
 from .tables import DASH, Table, chance_level, data_note, render, table_parts
 
@@ -82,20 +82,6 @@ def _skipped_notes(recon: dict) -> list[str]:
     return notes
 
 
-def _grid_rows(recon_dir: Path) -> tuple[list[dict], int] | None:
-    """The samples of ``recon/grid.json`` (key, subject, caption) and the samples per image, when the
-    reconstruction wrote one and every tile it names is on disk; None for a grid.png alone (a ridge
-    yardstick, or a run from before grid.json)."""
-    path = recon_dir / "grid.json"
-    if not path.is_file():
-        return None
-    grid = json.loads(path.read_text())
-    rows, samples = grid["rows"], int(grid["samples"])
-    tiles = [recon_dir / "truth" / f"{r['key']}.png" for r in rows]
-    tiles += [recon_dir / "images" / f"{r['key']}_{i}.png" for r in rows for i in range(samples)]
-    return (rows, samples) if all(t.is_file() for t in tiles) else None
-
-
 def _tile(run_dir: Path, path: Path, alt: str, caption: str = "") -> str:
     """One image cell, enlarged without smoothing (CSS), with an optional caption under it."""
     under = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
@@ -111,7 +97,7 @@ def _target(run_dir: Path, recon_dir: Path, row: dict) -> str:
 def _grid_html(run_dir: Path, recon_dir: Path) -> str:
     """A seed's reconstructions, one labelled table per subject: the target (with its caption), then
     each sample; grid.png alone (no labels to give) is shown enlarged with a caption saying its layout."""
-    found = _grid_rows(recon_dir)
+    found = grid_rows(recon_dir)
     if found is None:
         grid = recon_dir / "grid.png"
         if not grid.is_file():
@@ -140,29 +126,28 @@ def _grid_html(run_dir: Path, recon_dir: Path) -> str:
 
 def _side_by_side_html(run_dir: Path, summaries: list[dict]) -> str:
     """Each method's first sample on the same test images, side by side (the lowest seed of each method
-    that wrote a labelled grid): how the methods differ, seen rather than scored."""
-    firsts: dict[str, dict] = {}
-    for summary in summaries:  # sorted by method, then seed
-        if summary["method"] not in firsts and _grid_rows(summary["dir"] / "recon"):
-            firsts[summary["method"]] = summary
-    if len(firsts) < 2:
+    that wrote a labelled grid): how the methods differ, seen rather than scored. The same comparison
+    is written as ``side_by_side.png`` (its first rows), linked under the table."""
+    found = side_by_side(summaries)
+    if found is None:
         return ""
-    grids = {method: _grid_rows(s["dir"] / "recon")[0] for method, s in firsts.items()}
+    firsts, rows = found
     reference = next(iter(firsts.values()))
-    keys = set.intersection(*({r["key"] for r in rows} for rows in grids.values()))
     head = "<tr><th>target</th>" + "".join(
         f"<th>{_e(s.get('label', m))}, seed {_e(s['seed'])}</th>" for m, s in firsts.items()
     )
     body = ""
-    for row in (r for r in grids[reference["method"]] if r["key"] in keys):
+    for row in rows:
         body += "<tr>" + _target(run_dir, reference["dir"] / "recon", row)
         for method, summary in firsts.items():
             image = summary["dir"] / "recon" / "images" / f"{row['key']}_0.png"
             body += _tile(run_dir, image, f"{summary.get('label', method)} {row['key']}")
         body += "</tr>"
+    png = write_side_by_side_png(summaries, run_dir / "side_by_side.png")
+    link = f"<p><a href='{_link(run_dir, png)}'>side_by_side.png</a> (the first rows, as one figure)</p>"
     return (
         "<h2>Reconstructions side by side (sample 1 of each method, same test images)</h2>"
-        f"<table class='grid'>{head}</tr>{body}</table>"
+        f"<table class='grid'>{head}</tr>{body}</table>{link}"
     )
 
 

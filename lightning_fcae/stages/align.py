@@ -3,8 +3,8 @@
 ``loss = use_image * cos(cat(Z_v, Z_m) mapped, CLIP image tokens) + use_text * InfoNCE(Z, T)`` where
 ``T`` is the mean CLIP text embedding of a sample's captions. The flags and the stage-1 checkpoint
 type give every row of the paper's Table 3 (F+I, F+T, F+I+T; fCAE or MAE). Only the fMRI side
-trains; CLIP features come precomputed with the batch (``NSDDataModule(clip_model=...)``) or, when
-absent, from this module's own frozen CLIP.
+trains; the frozen CLIP's features come precomputed with the batch (``clip_features: cache``, the
+default: :mod:`lightning_fcae.clip_features`) or from this module's own copy of CLIP (``live``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from open_clip.loss import ClipLoss
 from torch import nn
 
+from ..clip_features import batch_clip_features, prepare_clip_features, stream_clip_features, train_means
 from ..metrics.identification import NWayIdentification
 from ..models import FCAE, MAE, model_size
 from ..models.align import FMRIAligner, token_cosine_loss
@@ -27,8 +28,6 @@ from .chain import STAGE1_WRITER, require_checkpoint
 from .optim import adamw_warmup_cosine
 from .records import RecordsModels
 from .seeding import RankSeededModule
-
-CLIP_KEYS = ("clip_image_tokens", "clip_image_embed", "clip_text_embed")
 
 
 class FCAEAlign(RecordsModels, RankSeededModule):
@@ -46,8 +45,11 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         n_way: identification ways for ``val/top1_<n>way`` (MinD-Vis: 50); 2-way is logged too.
         center_targets: subtract the training-set mean CLIP image tokens, image embedding and caption
             embedding from the targets (and from the identification candidates); see docs/method.md.
-        live_clip_model / live_clip_pretrained: a frozen CLIP that computes features for batches without
-            cached ones (slower; the cache is ``data.clip_model``).
+        clip_model / clip_pretrained: the frozen CLIP (an open_clip config name; a local checkpoint file or an
+            open_clip tag, online only). None: the batches must bring the features themselves.
+        clip_features: ``cache`` computes CLIP's features of the dataset once, into
+            ``data_dir/features/`` (a progress bar on first use), and streams them with each batch;
+            ``live`` runs CLIP on every batch (needs the data's images; targets are not centred).
         stage1: the stage-1 architecture, recorded in checkpoints by this module; leave unset.
     """
 
@@ -69,8 +71,9 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         weight_decay: float = 0.05,
         n_way: int = 50,
         center_targets: bool = True,
-        live_clip_model: str | None = None,
-        live_clip_pretrained: str | None = None,
+        clip_model: str | None = None,
+        clip_pretrained: str | None = None,
+        clip_features: Literal["cache", "live"] = "cache",
         stage1: dict | None = None,
     ):
         super().__init__()
@@ -103,30 +106,39 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         self.register_buffer("clip_embed_mean", torch.zeros(clip_dim))
         self.register_buffer("clip_text_mean", torch.zeros(clip_dim))
         self.clip = None
-        if live_clip_model is not None:
+        if clip_model is not None and clip_features == "live":
             from ..models.clip import load_clip
 
-            self.clip = load_clip(live_clip_model, live_clip_pretrained)
+            self.clip = load_clip(clip_model, clip_pretrained)
         self.strict_loading = False  # checkpoints leave the frozen CLIP out
         self.contrastive = ClipLoss()
         self.identification = nn.ModuleDict()  # filled in setup(), per split x subject x ways
 
     recorded_models = ("aligner",)
 
+    @property
+    def streams_clip_features(self) -> bool:
+        return self.hparams.clip_model is not None and self.hparams.clip_features == "cache"
+
+    def prepare_data(self) -> None:
+        """Builds the CLIP feature cache when it is missing or stale (one process per node)."""
+        if self.streams_clip_features:
+            prepare_clip_features(self.trainer, self.hparams.clip_model, self.hparams.clip_pretrained)
+
     def setup(self, stage: str) -> None:
         """Identification is per subject: NSD's shared test images recur across subjects, and an identical
         image among the distractors would make identification impossible."""
         data = self.trainer.datamodule
         self.subject_names = list(data.subjects) if data is not None else ["all"]
-        cache = data.clip_cache_dir() if data is not None and hasattr(data, "clip_cache_dir") else None
+        cache = None
+        if self.streams_clip_features:
+            cache = stream_clip_features(self.trainer, self.hparams.clip_model, self.hparams.clip_pretrained)
         if self.hparams.center_targets and stage == "fit" and cache is not None:
-            from ..data.clip_cache import train_means
-
             means = train_means(cache)
             expected = (self.hparams.clip_tokens, self.hparams.clip_dim)
             if tuple(means["image_tokens"].shape) != expected:
                 raise ValueError(
-                    f"the CLIP cache ({data.hparams.clip_model}) has image tokens of shape "
+                    f"the CLIP cache ({self.hparams.clip_model}) has image tokens of shape "
                     f"{tuple(means['image_tokens'].shape)}, the model expects {expected}: set "
                     "model.init_args.clip_tokens / clip_dim to match (ViT-B-32: 50 x 512)"
                 )
@@ -134,7 +146,9 @@ class FCAEAlign(RecordsModels, RankSeededModule):
             self.clip_embed_mean.copy_(means["image_embed"])
             self.clip_text_mean.copy_(means["text_embed"])
         elif self.hparams.center_targets and stage == "fit":
-            rank_zero_warn("center_targets needs the CLIP feature cache (data.clip_model); targets stay raw")
+            rank_zero_warn(
+                "center_targets needs the CLIP feature cache (clip_features: cache); targets stay raw"
+            )
         ways = sorted({2, self.hparams.n_way})
         for split in ("val", "test"):
             for subject in range(len(self.subject_names)):
@@ -148,16 +162,17 @@ class FCAEAlign(RecordsModels, RankSeededModule):
 
     def clip_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image tokens ``[b, T, D]``, image embedding ``[b, D]``, mean text embedding ``[b, D]``)."""
-        if all(key in batch for key in CLIP_KEYS):
-            tokens, image, text = (batch[key] for key in CLIP_KEYS)
+        cached = batch_clip_features(batch)
+        if cached is not None:
+            tokens, image, text = cached
         elif self.clip is not None:
             with torch.no_grad():
                 tokens = self.clip.image_tokens(batch["image"])
                 image, text = self.clip.image_embed(batch["image"]), self.clip.text_embed(batch["captions"])
         else:
             raise ValueError(
-                "the batch has no CLIP features: set data.init_args.clip_model (cached features) or "
-                "model.init_args.live_clip_model (computed per batch)"
+                "the batch has no CLIP features: set model.init_args.clip_model and clip_pretrained (and "
+                "train with NSDDataModule), or give batches that carry them"
             )
         if tokens.shape[1:] != (self.hparams.clip_tokens, self.hparams.clip_dim):
             raise ValueError(

@@ -14,8 +14,9 @@ the benchmark's training split in two runs (``part``), and exports a diffusers d
   guidance), and stage 3 then drives the image-token slots with the fMRI encoder's prediction of them.
 
 Latents are scaled to unit std by the first batch (LDM's ``scale_by_std``); the scale is exported as the
-VQ's ``scaling_factor``. The ``unet`` run reads the CLIP features from the DataModule's feature cache
-(``data.clip_model``), the same cache and training-split means stage 2 centres its targets with.
+VQ's ``scaling_factor``. The ``unet`` run streams the frozen CLIP's features from the feature cache
+(:mod:`lightning_fcae.clip_features`; ``clip_model``), the same cache and training-split means stage 2
+centres its targets with.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from diffusers import DDPMScheduler, VQModel
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..atomic import save_pretrained
+from ..clip_features import IMAGE_TOKENS, TEXT_EMBED, prepare_clip_features, stream_clip_features, train_means
 from ..models.condition import ClipCondition
 from ..models.ldm import LDM, LDMConfigName, build_unet, build_vq, save_ldm, to_model_range
 from ..models.ldm import ldm_config as named_ldm_config
@@ -51,6 +53,8 @@ class LDMPretrain(RankSeededModule):
         export_dir: the diffusers directory both parts write (``vqvae/``; then ``unet/``, ``scheduler/``,
             ``condition/``); the ``unet`` part reads its VQ from there unless ``vq_path`` is given.
         clip_tokens / clip_dim: the CLIP feature grid T x D of the ``unet`` part (checked against the cache).
+        clip_model / clip_pretrained: the frozen CLIP (stand-in) the ``unet`` part is conditioned on
+            (open_clip config name; local checkpoint), cached once beside the shards.
         keep_image / keep_text: probability that a training sample keeps its image tokens / caption
             embedding (each is otherwise the null condition; both absent = unconditional).
         commit_weight: VQ commitment loss weight.
@@ -67,6 +71,8 @@ class LDMPretrain(RankSeededModule):
         vq_path: str | None = None,
         clip_tokens: int = 17,
         clip_dim: int = 512,
+        clip_model: str | None = None,
+        clip_pretrained: str | None = None,
         keep_image: float = 0.7,
         keep_text: float = 0.5,
         commit_weight: float = 1.0,
@@ -94,20 +100,29 @@ class LDMPretrain(RankSeededModule):
         self.noise_scheduler = DDPMScheduler(**config["scheduler"])
         self.register_buffer("latent_scale", torch.zeros(()))
 
-    def setup(self, stage: str) -> None:
-        """The ``unet`` part centres CLIP features on the training split's means, from the feature cache
-        (a restored checkpoint brings them with the condition's buffers)."""
-        if self.hparams.part != "unet" or stage != "fit":
-            return
-        data = self.trainer.datamodule
-        cache = data.clip_cache_dir() if data is not None and hasattr(data, "clip_cache_dir") else None
-        if cache is None:
+    def _clip(self) -> tuple[str, str | None]:
+        if self.hparams.clip_model is None:
             raise ValueError(
-                "LDMPretrain part 'unet' is conditioned on CLIP features: set data.init_args.clip_model and "
+                "LDMPretrain part 'unet' is conditioned on CLIP features: set model.init_args.clip_model and "
                 "clip_pretrained (the CLIP stand-in of configs/clip_pretrain.yaml on the synthetic benchmark)"
             )
-        from ..data.clip_cache import train_means
+        return self.hparams.clip_model, self.hparams.clip_pretrained
 
+    def prepare_data(self) -> None:
+        """The ``unet`` part builds the CLIP feature cache when it is missing or stale."""
+        if self.hparams.part == "unet":
+            prepare_clip_features(self.trainer, *self._clip())
+
+    def setup(self, stage: str) -> None:
+        """The ``unet`` part streams the CLIP features and centres them on the training split's means, from
+        the feature cache (a restored checkpoint brings them with the condition's buffers)."""
+        if self.hparams.part != "unet":
+            return
+        cache = stream_clip_features(self.trainer, *self._clip())
+        if stage != "fit":
+            return
+        if cache is None:
+            raise ValueError("LDMPretrain part 'unet' trains on NSDDataModule batches: give the trainer one")
         means = train_means(cache)
         expected = (self.hparams.clip_tokens, self.hparams.clip_dim)
         if tuple(means["image_tokens"].shape) != expected:
@@ -140,9 +155,11 @@ class LDMPretrain(RankSeededModule):
                 std = self.trainer.strategy.reduce(std, reduce_op="mean")
             self.latent_scale.fill_(1 / std)
         b = len(latents)
+        if IMAGE_TOKENS not in batch or TEXT_EMBED not in batch:
+            raise ValueError("part 'unet': the batch has no CLIP features (see clip_model)")
         context, pooled = self.condition(
-            batch["clip_image_tokens"],
-            batch["clip_text_embed"],
+            batch[IMAGE_TOKENS],
+            batch[TEXT_EMBED],
             keep_image=self._keep(self.hparams.keep_image, b, generator),
             keep_text=self._keep(self.hparams.keep_text, b, generator),
         )

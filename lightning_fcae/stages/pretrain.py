@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..clip_features import IMAGE_TOKENS, prepare_clip_features, stream_clip_features
 from ..models import FCAE, MAE, DecoderConfig, EncoderConfig, RegressorConfig, fcae_loss, mae_loss, model_size
 from ..models.dcmae import DCMAE, DCMAELossWeights, ImageGuidance, dcmae_loss
 from ..models.factory import load_model
@@ -182,10 +183,12 @@ class DCMAEPretrain(MAEPretrain):
             input / against the reconstruction of a second random masking (vis-dec: 1 and 0.5);
             0 switches a term off (and, for cross, its second forward pass).
         temperature: InfoNCE temperature on cosine similarities (vis-dec: 0.1).
-        image_guided: phase 2; the batch must carry ``clip_image_tokens`` (set ``data.clip_model``).
+        image_guided: phase 2: the batches carry the frozen CLIP's image tokens (``clip_model``).
         init_ckpt: start from a MAEPretrain/DCMAEPretrain checkpoint (phase 2 from phase 1); its sizes
             replace ``size``/``encoder``/``decoder``. New guidance modules start from scratch.
         clip_tokens / clip_dim: the image tokens, T x D (phase 2; ViT-B-32: 50 x 512).
+        clip_model / clip_pretrained: the frozen CLIP of phase 2 (open_clip config name; local checkpoint
+            or open_clip tag); its features are cached once beside the shards and streamed with each batch.
         cross_depth: cross-attention blocks on each side (vis-dec: 3).
         image_decoder_depth: blocks of the image-token decoder (vis-dec: 6); None: the decoder's depth.
         image_mask_ratio: fraction of image tokens masked (vis-dec: 0.5).
@@ -203,6 +206,8 @@ class DCMAEPretrain(MAEPretrain):
         init_ckpt: str | None = None,
         clip_tokens: int = 50,
         clip_dim: int = 512,
+        clip_model: str | None = None,
+        clip_pretrained: str | None = None,
         cross_depth: int = 3,
         image_decoder_depth: int | None = None,
         image_mask_ratio: float = 0.5,
@@ -264,8 +269,15 @@ class DCMAEPretrain(MAEPretrain):
         if missing or unexpected:
             raise ValueError(f"{path}: weights do not fit (missing {missing}, unexpected {unexpected})")
 
+    def prepare_data(self) -> None:
+        """Phase 2 builds the CLIP feature cache when it is missing or stale (one process per node)."""
+        if self.hparams.image_guided and self.hparams.clip_model is not None:
+            prepare_clip_features(self.trainer, self.hparams.clip_model, self.hparams.clip_pretrained)
+
     def setup(self, stage: str) -> None:
         hp, world = self.hparams, self.trainer.world_size
+        if hp.image_guided and hp.clip_model is not None:
+            stream_clip_features(self.trainer, hp.clip_model, hp.clip_pretrained)
         if hp.self_contrast_weight > 0 or hp.cross_contrast_weight > 0:
             from open_clip.loss import ClipLoss  # slow to import: only when a contrast term is on
 
@@ -278,11 +290,12 @@ class DCMAEPretrain(MAEPretrain):
         """The frozen image tokens ``[b, T, D]`` of a phase-2 batch (None in phase 1)."""
         if not self.hparams.image_guided:
             return None
-        if "clip_image_tokens" not in batch:
+        if IMAGE_TOKENS not in batch:
             raise ValueError(
-                "image_guided needs CLIP image tokens in the batch: set data.init_args.clip_model"
+                "image_guided needs CLIP image tokens in the batch: set model.init_args.clip_model and "
+                "clip_pretrained"
             )
-        tokens = batch["clip_image_tokens"]
+        tokens = batch[IMAGE_TOKENS]
         if tokens.shape[1:] != (self.hparams.clip_tokens, self.hparams.clip_dim):
             raise ValueError(
                 f"CLIP image tokens are {tuple(tokens.shape[1:])}, the model expects "

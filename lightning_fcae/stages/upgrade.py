@@ -80,7 +80,9 @@ def upgrade(path: str | Path) -> Path | None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # in memory: the file is replaced
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     # the architecture is recorded: follow no other stage-1 file (vis-dec phase 2) and load no CLIP
-    hparams |= {k: None for k in ("init_ckpt", "live_clip_model") if k in hparams}
+    hparams |= {k: None for k in ("init_ckpt", "clip_model") if k in hparams}
+    for renamed in ("live_clip_model", "live_clip_pretrained"):  # stage 2's CLIP before clip_model
+        hparams.pop(renamed, None)
     if isinstance(hparams.get("stage1"), dict) and "kind" in hparams["stage1"]:  # stage 2, old record
         hparams["stage1"] = _stage1_entry(hparams["stage1"])
     module = module_class(checkpoint)(**config_objects(hparams))

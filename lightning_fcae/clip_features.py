@@ -1,7 +1,11 @@
-"""The CLIP feature cache: frozen-CLIP features computed once per dataset and model, read by image id.
+"""Frozen-CLIP features of a dataset's images: the one home of the feature cache and of the batch keys
+that carry its features (``clip_image_tokens``, ``clip_image_embed``, ``clip_text_embed``).
 
-CLIP is frozen in stage 2, so running it every step would only repeat the same forward passes. The
-cache lives next to the shards::
+CLIP is frozen wherever its features are targets or conditions (stage 2, vis-dec's image-guided phase,
+the stand-in LDM's UNet), so running it every step would only repeat the same forward passes. The stage
+that wants features names its CLIP and, through :func:`stream_clip_features`, builds the cache once
+(``prepare_data``) and hands the DataModule a per-image lookup (``setup``): the DataModule streams
+whatever per-image features it is given and knows nothing of CLIP. The cache lives next to the shards::
 
     DATA_DIR/features/<cache_id>/          cache_id = <model>-<sha256(weights)[:12]>, <model>-random
         meta.json                          model, weights, manifest sha256, T, D, splits, created
@@ -25,23 +29,29 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import __version__
-from ..models.clip import FrozenClip
-from .schema import CAPTIONS_KEY, IMAGE_KEYS, MANIFEST_NAME, META_KEY, SPLITS, DatasetError, Manifest
-from .shards import decode_image, decode_json, iter_raw_samples, sha256_file, validate_captions
-from .transforms import image_to_uint8_chw
+from . import __version__
+from .data.schema import CAPTIONS_KEY, IMAGE_KEYS, MANIFEST_NAME, META_KEY, SPLITS, DatasetError, Manifest
+from .data.shards import decode_image, decode_json, iter_raw_samples, sha256_file, validate_captions
+from .data.transforms import image_to_uint8_chw
+
+if TYPE_CHECKING:  # models.clip imports open_clip (seconds): only the functions that load CLIP do
+    from .models.clip import FrozenClip
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 FEATURES = ("image_tokens", "image_embed", "text_embed")
+PREFIX = "clip_"
+# the batch keys: clip_image_tokens [b, T, D], clip_image_embed [b, D], clip_text_embed [b, D]
+BATCH_KEYS = tuple(PREFIX + name for name in FEATURES)
+IMAGE_TOKENS, IMAGE_EMBED, TEXT_EMBED = BATCH_KEYS
 CacheStatus = Literal["hit", "miss", "stale"]
 
 
@@ -49,14 +59,22 @@ class CacheError(DatasetError):
     """The CLIP feature cache is missing, inconsistent, or lacks an image id."""
 
 
-def clip_cache_id(clip: FrozenClip) -> str:
-    """``<model>-<sha256[:12]>`` of the checkpoint file (of the tag string for hub tags); ``<model>-random``
-    for random weights, which are not seeded: never share such a cache outside a test."""
-    if clip.pretrained is None:
-        return f"{clip.model_name}-random"
-    if clip.checkpoint is not None:
-        return f"{clip.model_name}-{sha256_file(clip.checkpoint)[:12]}"
-    return f"{clip.model_name}-{hashlib.sha256(clip.pretrained.encode()).hexdigest()[:12]}"
+def clip_cache_id(model_name: str, pretrained: str | None) -> str:
+    """``<model>-<sha256[:12]>`` of the checkpoint file (of the tag string for an open_clip tag),
+    ``<model>-random`` for random weights, which are not seeded: never share such a cache outside a test.
+    Computed without loading CLIP, so every DDP rank finds the cache that rank 0 built."""
+    import open_clip
+
+    from .models.clip import MissingWeightsError
+
+    if pretrained is None:
+        return f"{model_name}-random"
+    if open_clip.get_pretrained_cfg(model_name, pretrained):  # a tag, as load_clip resolves it
+        return f"{model_name}-{hashlib.sha256(pretrained.encode()).hexdigest()[:12]}"
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(f"CLIP checkpoint {path} does not exist (clip_pretrained of {model_name})")
+    return f"{model_name}-{sha256_file(path)[:12]}"
 
 
 def cache_path(data_dir: str | Path, cache_id: str) -> Path:
@@ -224,19 +242,21 @@ def build_clip_cache(
 
 def ensure_clip_cache(
     data_dir: str | Path,
-    clip: FrozenClip,
-    cache_id: str | None = None,
+    model_name: str,
+    pretrained: str | None,
     splits: Sequence[str] = SPLITS,
     **build_kwargs,
 ) -> Path:
-    """The cache directory for ``clip`` (id :func:`clip_cache_id` by default): reused on a hit, built on a
-    miss or when stale. Call it on one process (``prepare_data``); workers only read."""
-    cache_id = cache_id or clip_cache_id(clip)
+    """The cache directory of this CLIP (id :func:`clip_cache_id`): reused on a hit (CLIP is not even
+    loaded), built on a miss or when stale. Call it on one process (``prepare_data``); workers only read."""
+    cache_id = clip_cache_id(model_name, pretrained)
     status = cache_status(data_dir, cache_id, splits)
     if status == "hit":
         return cache_path(data_dir, cache_id)
     log.info("CLIP feature cache %s is %s: building it", cache_id, status)
-    return build_clip_cache(data_dir, clip, cache_id, splits, **build_kwargs)
+    from .models.clip import load_clip
+
+    return build_clip_cache(data_dir, load_clip(model_name, pretrained), cache_id, splits, **build_kwargs)
 
 
 class ClipFeatureLookup:
@@ -244,11 +264,11 @@ class ClipFeatureLookup:
     ``image_embed [D]`` and ``text_embed [D]``.
 
     Picklable: the memmaps open lazily in the process that first calls it (each DataLoader worker), so
-    nothing file-backed crosses a pickle. ``prefix`` names the keys for the caller, e.g. ``clip_`` so a
-    sample decoder can ``sample.update(lookup(meta["image_id"]))``.
+    nothing file-backed crosses a pickle. ``prefix`` names the keys: with the default :data:`PREFIX` a
+    sample decoder's ``sample.update(lookup(meta["image_id"]))`` gives the :data:`BATCH_KEYS`.
     """
 
-    def __init__(self, cache_dir: str | Path, prefix: str = ""):
+    def __init__(self, cache_dir: str | Path, prefix: str = PREFIX):
         self.cache_dir, self.prefix = Path(cache_dir), prefix
         meta_path = self.cache_dir / "meta.json"
         if not meta_path.exists():
@@ -312,3 +332,49 @@ def train_means(cache_dir: str | Path, chunk: int = 1024) -> dict[str, torch.Ten
             total += array[start : start + chunk].astype(np.float64).sum(0)
         means[name] = torch.from_numpy((total / len(array)).astype(np.float32))
     return means
+
+
+def batch_clip_features(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(image tokens ``[b, T, D]``, image embedding ``[b, D]``, mean caption embedding ``[b, D]``) of a
+    batch that carries them (:data:`BATCH_KEYS`), else None."""
+    if all(key in batch for key in BATCH_KEYS):
+        return tuple(batch[key] for key in BATCH_KEYS)
+    return None
+
+
+def _local_data_dir(trainer) -> str | None:
+    """The trainer's dataset folder (None without a DataModule); the cache is written beside its shards."""
+    from .data.datamodule import NSDDataModule, is_local
+
+    data = trainer.datamodule
+    if data is None:
+        return None
+    if not isinstance(data, NSDDataModule):
+        raise TypeError(
+            f"CLIP features stream through NSDDataModule, the trainer's DataModule is a {type(data).__name__}: "
+            f"use NSDDataModule, or give batches that carry {', '.join(BATCH_KEYS)}"
+        )
+    if not is_local(data.data_dir):
+        raise NotImplementedError(f"the CLIP feature cache needs a local dataset, not {data.data_dir}")
+    return data.data_dir
+
+
+def prepare_clip_features(trainer, model_name: str, pretrained: str | None) -> None:
+    """For a stage's ``prepare_data`` (one process per node): build the trainer's dataset's cache for
+    this CLIP when it is missing or stale, on the GPU when there is one."""
+    data_dir = _local_data_dir(trainer)
+    if data_dir is not None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        ensure_clip_cache(data_dir, model_name, pretrained, device=device)
+
+
+def stream_clip_features(trainer, model_name: str, pretrained: str | None) -> Path | None:
+    """For a stage's ``setup`` (every process): hand the trainer's DataModule the lookup of this CLIP's
+    cached features, so every batch it makes carries :data:`BATCH_KEYS`. Returns the cache directory
+    (None without a DataModule)."""
+    data_dir = _local_data_dir(trainer)
+    if data_dir is None:
+        return None
+    cache = cache_path(data_dir, clip_cache_id(model_name, pretrained))
+    trainer.datamodule.stream_image_features(ClipFeatureLookup(cache))
+    return cache
