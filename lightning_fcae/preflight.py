@@ -150,16 +150,9 @@ def check_dataset(findings: Findings, data_dir: str) -> Manifest | None:
 # --- the weights ------------------------------------------------------------------------------------
 def clip_grid_of_architecture(name: str) -> ClipGrid:
     """The token grid of an open_clip architecture from its config, without building it."""
-    import open_clip
+    from .models.clip import clip_token_grid
 
-    from .models import clip as _registers_configs  # noqa: F401 (the fcae-clip-* configs)
-
-    cfg = open_clip.get_model_config(name)
-    if cfg is None:
-        raise ValueError(f"unknown CLIP architecture {name!r}; open_clip knows {open_clip.list_models()}")
-    vision = cfg["vision_cfg"]
-    side = vision["image_size"] // vision["patch_size"]
-    return ClipGrid(side * side + 1, cfg["embed_dim"], f"{name} (trained by this run)")
+    return ClipGrid(*clip_token_grid(name), f"{name} (trained by this run)")
 
 
 def load_clip_grid(findings: Findings, model: str, weights: str) -> ClipGrid | None:
@@ -278,11 +271,12 @@ def check_shapes(
             if stage not in by_stage:
                 continue
             grid = (model_arg(by_stage[stage], "clip_tokens"), model_arg(by_stage[stage], "clip_dim"))
-            if grid != (clip.tokens, clip.dim):
+            # unset values follow from the CLIP the pipeline hands the stage; set ones must agree with it
+            if any(v is not None and v != c for v, c in zip(grid, (clip.tokens, clip.dim), strict=True)):
                 findings.problems.append(
-                    f"stages.{stage}: clip_tokens x clip_dim is {grid[0]} x {grid[1]}, the CLIP {clip.source} "
-                    f"gives {clip.tokens} x {clip.dim}: set stages.{stage}.model.init_args.clip_tokens: "
-                    f"{clip.tokens} and clip_dim: {clip.dim}"
+                    f"stages.{stage}: clip_tokens x clip_dim is {grid[0] or clip.tokens} x {grid[1] or clip.dim}, "
+                    f"the CLIP {clip.source} gives {clip.tokens} x {clip.dim}: remove "
+                    f"stages.{stage}.model.init_args.clip_tokens / clip_dim (they follow from the CLIP)"
                 )
         if (
             ldm is not None

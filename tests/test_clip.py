@@ -320,3 +320,16 @@ def test_a_stage_streams_clip_features_only_through_nsd_datamodule():
     assert stream_clip_features(SimpleNamespace(datamodule=None), "fcae-clip-tiny", None) is None
     with pytest.raises(TypeError, match="NSDDataModule.*clip_image_tokens"):
         stream_clip_features(SimpleNamespace(datamodule=L.LightningDataModule()), "fcae-clip-tiny", None)
+
+
+@pytest.mark.parametrize(
+    ("model", "grid"),
+    [("ViT-B-32", (50, 512)), ("fcae-clip-small", (65, 512)), ("fcae-clip-demo", (17, 512))],
+)
+def test_the_token_grid_read_from_the_config_is_the_models(model, grid):
+    from lightning_fcae.models.clip import clip_token_grid
+
+    assert clip_token_grid(model) == grid
+    if model != "ViT-B-32":  # building ViT-B-32 costs seconds: the small ones show the formula holds
+        clip = load_clip(model, None)
+        assert (clip.num_tokens, clip.embed_dim) == grid

@@ -119,12 +119,13 @@ def test_unet_part_needs_the_clip_feature_cache(toy_dataset, tmp_path):
     out = tmp_path / "ldm"
     vq_part = LDMPretrain(part="vq", ldm_config="tiny", export_dir=str(out))
     _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(vq_part, _datamodule(toy_dataset))
-    unet_part = LDMPretrain(part="unet", ldm_config="tiny", export_dir=str(out), clip_tokens=17)
+    unet_part = LDMPretrain(part="unet", ldm_config="tiny", export_dir=str(out), clip_tokens=17, clip_dim=512)
     with pytest.raises(ValueError, match="clip_model"):
         _trainer(tmp_path, max_steps=1).fit(unet_part, _datamodule(toy_dataset))
-    wrong = LDMPretrain(part="unet", ldm_config="tiny", export_dir=str(out), clip_tokens=50, **CLIP)
-    with pytest.raises(ValueError, match="clip_tokens"):
-        _trainer(tmp_path, max_steps=1).fit(wrong, _datamodule(toy_dataset))
+    with pytest.raises(
+        ValueError, match="clip_tokens x clip_dim 50 x 512 disagree with clip_model fcae-clip-tiny"
+    ):
+        LDMPretrain(part="unet", ldm_config="tiny", export_dir=str(out), clip_tokens=50, **CLIP)
     with pytest.raises(ValueError, match="keep_text"):
         LDMPretrain(part="vq", ldm_config="tiny", keep_text=1.5)
 

@@ -56,7 +56,7 @@ def test_missing_weights_and_a_token_mismatch_are_named_in_one_pass(tmp_path, sy
     assert "lightning-fcae convert-ldm" in found[1]
     assert found[2] == (
         "stages.stage2: clip_tokens x clip_dim is 50 x 512, the CLIP fcae-clip-tiny gives 17 x 512: "
-        "set stages.stage2.model.init_args.clip_tokens: 17 and clip_dim: 512"
+        "remove stages.stage2.model.init_args.clip_tokens / clip_dim (they follow from the CLIP)"
     )
     assert err.splitlines()[-1] == "preflight: 3 problem(s)"
 

@@ -89,13 +89,19 @@ def test_loss_terms_follow_their_flags(flags, terms, toy_dataset, tmp_path):
         FCAEAlign(dm.num_voxels, use_image=False, use_text=False)
 
 
-def test_clip_token_count_mismatch_names_the_setting(synthetic_tiny, tmp_path):
-    """A cache of fcae-clip-tiny (17 tokens) under the config's default clip_tokens (65) is refused
-    with the settings to change, not a tensor-size error from deep in setup."""
-    dm = NSDDataModule(str(synthetic_tiny), batch_size=32, num_workers=0)
-    module = FCAEAlign(dm.num_voxels, clip_tokens=65, clip_model="fcae-clip-tiny")
-    with pytest.raises(ValueError, match=r"\(17, 512\), the model expects \(65, 512\).*clip_tokens"):
-        _trainer(tmp_path, max_steps=0).fit(module, dm)
+def test_the_clip_grid_follows_from_clip_model():
+    """A config names its CLIP once: the token grid follows from its architecture (fcae-clip-tiny:
+    (32 / 8)^2 + 1 = 17 x 512) and is saved resolved; a grid set against it is refused at once, naming
+    the settings, not as a tensor-size error from deep in a training step."""
+    module = FCAEAlign(80, clip_model="fcae-clip-tiny")
+    assert (module.hparams.clip_tokens, module.hparams.clip_dim) == (17, 512)
+    assert module.clip_token_mean.shape == (17, 512)
+    with pytest.raises(
+        ValueError, match="65 x 512 disagree with clip_model fcae-clip-tiny .17 x 512.: leave"
+    ):
+        FCAEAlign(80, clip_tokens=65, clip_model="fcae-clip-tiny")
+    with pytest.raises(ValueError, match="set clip_model .the grid follows from it. or clip_tokens"):
+        FCAEAlign(80)
 
 
 def test_alignment_identifies_unseen_images_better_than_before(synthetic_tiny, tmp_path):

@@ -97,6 +97,38 @@ def encode_captions(model: nn.Module, tokenizer, captions: list[list[str]]) -> t
     return F.normalize(means, dim=-1)
 
 
+def clip_token_grid(model_name: str) -> tuple[int, int]:
+    """``(T, D)`` of :meth:`FrozenClip.image_tokens` for an open_clip architecture, read from its config
+    without building it: ``T = (image_size / patch_size)^2 + 1`` (the patches and the pooled token),
+    ``D`` the embedding width (ViT-B-32: 50 x 512; fcae-clip-small: 65 x 512; fcae-clip-demo: 17 x 512)."""
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f"unknown CLIP model {model_name!r}; open_clip knows {open_clip.list_models()}")
+    vision = cfg["vision_cfg"]
+    side = vision["image_size"] // vision["patch_size"]
+    return side * side + 1, cfg["embed_dim"]
+
+
+def resolve_clip_grid(model_name: str | None, tokens: int | None, dim: int | None) -> tuple[int, int]:
+    """The CLIP token grid ``T x D`` a stage works on: derived from ``model_name`` where a value is None
+    (so a config names its CLIP once), and where both are given they must agree."""
+    if model_name is None:
+        if tokens is None or dim is None:
+            raise ValueError(
+                "the CLIP token grid is unknown: set clip_model (the grid follows from it) or clip_tokens "
+                "and clip_dim"
+            )
+        return tokens, dim
+    derived = clip_token_grid(model_name)
+    grid = (tokens or derived[0], dim or derived[1])
+    if grid != derived:
+        raise ValueError(
+            f"clip_tokens x clip_dim {grid[0]} x {grid[1]} disagree with clip_model {model_name} "
+            f"({derived[0]} x {derived[1]}): leave them unset, they follow from clip_model"
+        )
+    return grid
+
+
 class FrozenClip(nn.Module):
     """An open_clip model that stays frozen and in eval mode, with its preprocessing and tokenizer.
 

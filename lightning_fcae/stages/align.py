@@ -23,6 +23,7 @@ from ..clip_features import batch_clip_features, prepare_clip_features, stream_c
 from ..metrics.identification import NWayIdentification
 from ..models import FCAE, MAE, model_size
 from ..models.align import FMRIAligner, token_cosine_loss
+from ..models.clip import resolve_clip_grid
 from ..models.factory import build_model, load_model, model_entry
 from .chain import STAGE1_WRITER, require_checkpoint
 from .optim import adamw_warmup_cosine
@@ -37,7 +38,8 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         num_voxels: padded voxel count (linked from the DataModule by the CLI).
         encoder_ckpt: a FCAEPretrain/MAEPretrain/DCMAEPretrain checkpoint (the decoder is dropped). None starts from
             a random ``encoder_kind``/``encoder_size`` model: the "untrained encoder" control.
-        clip_tokens / clip_dim: CLIP's image-token grid, T x D (ViT-B-32: 50 x 512).
+        clip_tokens / clip_dim: CLIP's image-token grid, T x D (ViT-B-32: 50 x 512); unset, they follow
+            from ``clip_model``'s architecture.
         embed_rank: per-patch width of the fMRI embedding's flattened readout (``TokenMapper``; 0: off).
         use_image / use_text: the cosine image-token loss and the text contrastive loss.
         mask_ratio: patches masked in training (the regressor predicts them); evaluation sees all.
@@ -59,8 +61,8 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         encoder_ckpt: str | None = None,
         encoder_kind: Literal["fcae", "mae"] = "fcae",
         encoder_size: str = "tiny",
-        clip_tokens: int = 50,
-        clip_dim: int = 512,
+        clip_tokens: int | None = None,
+        clip_dim: int | None = None,
         embed_rank: int = 8,
         use_image: bool = True,
         use_text: bool = True,
@@ -97,7 +99,9 @@ class FCAEAlign(RecordsModels, RankSeededModule):
                 f"{encoder_ckpt}: the encoder was trained on {model.encoder.model_args['num_voxels']} padded "
                 f"voxels, the data has {num_voxels}; use the same subjects and patch size as stage 1"
             )
+        clip_tokens, clip_dim = resolve_clip_grid(clip_model, clip_tokens, clip_dim)
         self.save_hyperparameters()
+        self.hparams.update(clip_tokens=clip_tokens, clip_dim=clip_dim)  # saved resolved
         self.hparams.stage1 = model_entry(model)  # a resumed run rebuilds the same architecture
         self.aligner = FMRIAligner.from_pretrained(model, clip_tokens, clip_dim, embed_rank)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
@@ -134,14 +138,7 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         if self.streams_clip_features:
             cache = stream_clip_features(self.trainer, self.hparams.clip_model, self.hparams.clip_pretrained)
         if self.hparams.center_targets and stage == "fit" and cache is not None:
-            means = train_means(cache)
-            expected = (self.hparams.clip_tokens, self.hparams.clip_dim)
-            if tuple(means["image_tokens"].shape) != expected:
-                raise ValueError(
-                    f"the CLIP cache ({self.hparams.clip_model}) has image tokens of shape "
-                    f"{tuple(means['image_tokens'].shape)}, the model expects {expected}: set "
-                    "model.init_args.clip_tokens / clip_dim to match (ViT-B-32: 50 x 512)"
-                )
+            means = train_means(cache)  # the grid of clip_model, as the module's (resolve_clip_grid)
             self.clip_token_mean.copy_(means["image_tokens"])
             self.clip_embed_mean.copy_(means["image_embed"])
             self.clip_text_mean.copy_(means["text_embed"])

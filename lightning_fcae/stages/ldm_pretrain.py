@@ -52,7 +52,8 @@ class LDMPretrain(RankSeededModule):
         ldm_config: named shape (:data:`~lightning_fcae.models.ldm.LDM_CONFIGS`).
         export_dir: the diffusers directory both parts write (``vqvae/``; then ``unet/``, ``scheduler/``,
             ``condition/``); the ``unet`` part reads its VQ from there unless ``vq_path`` is given.
-        clip_tokens / clip_dim: the CLIP feature grid T x D of the ``unet`` part (checked against the cache).
+        clip_tokens / clip_dim: the CLIP feature grid T x D of the ``unet`` part (checked against the cache);
+            unset, they follow from ``clip_model``'s architecture.
         clip_model / clip_pretrained: the frozen CLIP (stand-in) the ``unet`` part is conditioned on
             (open_clip config name; local checkpoint), cached once beside the shards.
         keep_image / keep_text: probability that a training sample keeps its image tokens / caption
@@ -69,8 +70,8 @@ class LDMPretrain(RankSeededModule):
         ldm_config: LDMConfigName = "demo",
         export_dir: str | None = "checkpoints/ldm/synthetic-small",
         vq_path: str | None = None,
-        clip_tokens: int = 17,
-        clip_dim: int = 512,
+        clip_tokens: int | None = None,
+        clip_dim: int | None = None,
         clip_model: str | None = None,
         clip_pretrained: str | None = None,
         keep_image: float = 0.7,
@@ -84,6 +85,11 @@ class LDMPretrain(RankSeededModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        if part == "unet":
+            from ..models.clip import resolve_clip_grid  # imports open_clip: the unet part only
+
+            clip_tokens, clip_dim = resolve_clip_grid(clip_model, clip_tokens, clip_dim)
+            self.hparams.update(clip_tokens=clip_tokens, clip_dim=clip_dim)  # saved resolved
         for name, p in (("keep_image", keep_image), ("keep_text", keep_text)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
@@ -123,13 +129,7 @@ class LDMPretrain(RankSeededModule):
             return
         if cache is None:
             raise ValueError("LDMPretrain part 'unet' trains on NSDDataModule batches: give the trainer one")
-        means = train_means(cache)
-        expected = (self.hparams.clip_tokens, self.hparams.clip_dim)
-        if tuple(means["image_tokens"].shape) != expected:
-            raise ValueError(
-                f"the CLIP cache has image tokens of shape {tuple(means['image_tokens'].shape)}, the model "
-                f"expects {expected}: set model.init_args.clip_tokens / clip_dim to match"
-            )
+        means = train_means(cache)  # the grid of clip_model, as the condition's (resolve_clip_grid)
         self.condition.set_means(means["image_tokens"], means["text_embed"])
 
     def train(self, mode: bool = True):

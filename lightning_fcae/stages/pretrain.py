@@ -186,7 +186,8 @@ class DCMAEPretrain(MAEPretrain):
         image_guided: phase 2: the batches carry the frozen CLIP's image tokens (``clip_model``).
         init_ckpt: start from a MAEPretrain/DCMAEPretrain checkpoint (phase 2 from phase 1); its sizes
             replace ``size``/``encoder``/``decoder``. New guidance modules start from scratch.
-        clip_tokens / clip_dim: the image tokens, T x D (phase 2; ViT-B-32: 50 x 512).
+        clip_tokens / clip_dim: the image tokens, T x D (phase 2; ViT-B-32: 50 x 512); unset, they follow
+            from ``clip_model``'s architecture.
         clip_model / clip_pretrained: the frozen CLIP of phase 2 (open_clip config name; local checkpoint
             or open_clip tag); its features are cached once beside the shards and streamed with each batch.
         cross_depth: cross-attention blocks on each side (vis-dec: 3).
@@ -204,8 +205,8 @@ class DCMAEPretrain(MAEPretrain):
         temperature: float = 0.1,
         image_guided: bool = False,
         init_ckpt: str | None = None,
-        clip_tokens: int = 50,
-        clip_dim: int = 512,
+        clip_tokens: int | None = None,
+        clip_dim: int | None = None,
         clip_model: str | None = None,
         clip_pretrained: str | None = None,
         cross_depth: int = 3,
@@ -248,6 +249,10 @@ class DCMAEPretrain(MAEPretrain):
         hp = self.hparams
         guidance = None
         if hp.image_guided:
+            from ..models.clip import resolve_clip_grid  # imports open_clip: phase 2 only
+
+            grid = resolve_clip_grid(hp.clip_model, hp.clip_tokens, hp.clip_dim)
+            hp.update(clip_tokens=grid[0], clip_dim=grid[1])  # saved resolved: a restore needs no CLIP
             guidance = ImageGuidance(
                 self.encoder_config,
                 self.decoder_config,
