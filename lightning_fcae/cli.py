@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] in EARLY_PARSERS:
         EARLY_PARSERS[argv[0]]().parse_args(argv[1:])
     if argv[0] == "convert-ldm":
-        from .models.ldm_convert import main as convert_ldm
+        from .convert_ldm import main as convert_ldm
 
         sys.exit(convert_ldm(argv[1:]))
     if argv[0] == "upgrade-checkpoint":

@@ -1,4 +1,5 @@
-"""CompVis latent-diffusion checkpoint -> diffusers LDM directory (``lightning-fcae convert-ldm``).
+"""CompVis latent-diffusion checkpoint -> diffusers LDM directory (the conversion behind
+``lightning-fcae convert-ldm``, :mod:`lightning_fcae.convert_ldm`).
 
 The paper, like MinD-Vis, starts from a CompVis LDM (``configs/latent-diffusion/cin256-v2.yaml``: a vq-f4
 first stage and a cross-attention UNet). Its checkpoint holds ``first_stage_model.*`` (the VQ) and
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import sys
 import warnings
 from pathlib import Path
 
@@ -29,7 +29,6 @@ from diffusers.loaders.single_file_utils import (
     create_unet_diffusers_config_from_ldm,
 )
 
-from ..parsers import convert_ldm_parser
 from .ldm import LDM, build_vq, save_ldm
 
 VQ_PREFIX = "first_stage_model."
@@ -201,17 +200,3 @@ def convert_compvis_ldm(
     _load_strict(unet, convert_ldm_unet_checkpoint(state, unet_kwargs, extract_ema=extract_ema), "UNet")
 
     return save_ldm(LDM(vq, unet, scheduler_from_compvis(config)), out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``lightning-fcae convert-ldm CKPT --config YAML --out DIR``."""
-    args = convert_ldm_parser().parse_args(argv)
-    try:  # these are the user's inputs being wrong or unsupported: a message, not a traceback
-        out = convert_compvis_ldm(
-            args.ckpt, args.config, args.out, args.extract_ema, args.trust_pickle, args.overwrite
-        )
-    except (OSError, ValueError, NotImplementedError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}/vqvae, {out}/unet, {out}/scheduler")
-    return 0
