@@ -4,8 +4,7 @@ A file cut off by a crash (or copied half-way) makes torch fail with ``PytorchSt
 zip archive``, diffusers and safetensors with their own messages, none naming the file; and the next run
 fails the same way, forever. These helpers turn that into a :class:`CheckpointError`: a ValueError, so
 the CLI prints it as one ``error:`` line. They live in ``models/`` (and import nothing of this package)
-because the model loaders (factory, clip, ldm) use them and ``models/`` imports nothing above it;
-``lightning_fcae.checkpoints`` re-exports them.
+because the model loaders (factory, clip, ldm) use them and ``models/`` imports nothing above it.
 """
 
 from __future__ import annotations
