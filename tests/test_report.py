@@ -290,10 +290,14 @@ def test_report_grids_are_labelled_per_subject_and_side_by_side(tmp_path):
     # each pixel enlarged 3x into a 3x3 block
     from PIL import Image
 
-    from lightning_fcae.report.figure import side_by_side
+    from lightning_fcae.report.figure import LINE, header_lines, side_by_side
 
     assert "href='side_by_side.png'" in page
-    _, rows = side_by_side(load_summaries(run))
+    firsts, rows = side_by_side(load_summaries(run))
+    labels = ["seen image"] + [summary["label"] for summary in firsts.values()]
+    wrapped = header_lines(labels, side=12)
+    assert [" ".join(lines) for lines in wrapped] == labels  # wrapped, never cut
+    header = LINE * max(map(len, wrapped)) + 2
     with Image.open(run / "side_by_side.png") as sheet:
         sheet = np.asarray(sheet.convert("RGB"))
     for r, row in enumerate(rows[:2]):
@@ -307,7 +311,7 @@ def test_report_grids_are_labelled_per_subject_and_side_by_side(tmp_path):
             name = f"{row['key']}.png" if c == 0 else f"{row['key']}_0.png"
             tile = np.asarray(Image.open(path / name).convert("RGB"))
             side = 3 * tile.shape[0]
-            top, left = 14 + 4 + r * (side + 4), 4 + c * (side + 4)
+            top, left = header + 4 + r * (side + 4), 4 + c * (side + 4)
             np.testing.assert_array_equal(sheet[top : top + side : 3, left : left + side : 3], tile)
 
 

@@ -4,6 +4,7 @@ table and as one PNG (``side_by_side.png``) that a paper or a README can show as
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -41,6 +42,15 @@ def side_by_side(summaries: list[dict]) -> tuple[dict[str, dict], list[dict]] | 
     return firsts, [r for r in grids[first] if r["key"] in keys]
 
 
+LINE = 11  # pixels per header line (PIL's default bitmap font)
+
+
+def header_lines(labels: list[str], side: int) -> list[list[str]]:
+    """Each column's label wrapped to its tile width (PIL's default font is ~6 px a character), never cut:
+    a cut label can read as another method ("F+I+T" cut to "F+I")."""
+    return [textwrap.wrap(label, width=max(8, side // 6)) or [""] for label in labels]
+
+
 def write_side_by_side_png(summaries: list[dict], out: Path, rows: int = 12, zoom: int = 3) -> Path | None:
     """``out``: a header row of labels, then per test image the seen image and each method's first
     sample, enlarged ``zoom`` times without smoothing (the pixels are the data). None when there are
@@ -57,12 +67,14 @@ def write_side_by_side_png(summaries: list[dict], out: Path, rows: int = 12, zoo
         columns.append((f"{summary.get('label', method)}", lambda key, recon=recon: recon / f"{key}_0.png"))
     with Image.open(columns[0][1](grid[0]["key"])) as probe:
         side = probe.width * zoom
-    pad, header = 4, 14
+    pad, labels = 4, header_lines([label for label, _ in columns], side)
+    header = LINE * max(len(lines) for lines in labels) + 2
     width = len(columns) * (side + pad) + pad
     sheet = Image.new("RGB", (width, header + len(grid) * (side + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
-    for c, (label, _) in enumerate(columns):
-        draw.text((pad + c * (side + pad), 2), label[: max(4, side // 6)], fill="black")
+    for c, lines in enumerate(labels):
+        for k, line in enumerate(lines):
+            draw.text((pad + c * (side + pad), 2 + k * LINE), line, fill="black")
     for r, row in enumerate(grid):
         for c, (_, path_of) in enumerate(columns):
             with Image.open(path_of(row["key"])) as tile:
