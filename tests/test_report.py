@@ -426,3 +426,21 @@ def test_cli(tmp_path, capsys):
 
     assert _run(["report", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_grid_key_that_is_not_a_file_name_reads_nothing_outside_recon(tmp_path):
+    """Tiles are found by the sample keys in recon/grid.json: a key such as ``../../secret`` must not
+    make the report or side_by_side.png read (or link) a file outside the run's recon folder."""
+    from lightning_fcae.report.figure import grid_rows
+
+    recon = tmp_path / "recon"
+    recon.mkdir()
+    _grid(recon)
+    assert grid_rows(recon) is not None
+    grid = json.loads((recon / "grid.json").read_text())
+    (tmp_path / "secret.png").write_bytes((recon / "truth" / f"{grid['rows'][0]['key']}.png").read_bytes())
+    for i in range(grid["samples"]):
+        (tmp_path / f"secret_{i}.png").write_bytes(b"")
+    grid["rows"][0]["key"] = "../../secret"  # recon/truth/../../secret.png is tmp_path/secret.png
+    (recon / "grid.json").write_text(json.dumps(grid))
+    assert grid_rows(recon) is None

@@ -15,12 +15,14 @@ from ..atomic import atomic_file
 def grid_rows(recon_dir: Path) -> tuple[list[dict], int] | None:
     """The samples of ``recon/grid.json`` (key, subject, caption) and the samples per image, when the
     reconstruction wrote one and every tile it names is on disk; None for a grid.png alone (a ridge
-    yardstick, or a run from before grid.json)."""
+    yardstick, or a run from before grid.json) and for a grid.json whose keys are not plain file names."""
     path = recon_dir / "grid.json"
     if not path.is_file():
         return None
     grid = json.loads(path.read_text())
     rows, samples = grid["rows"], int(grid["samples"])
+    if any(Path(str(r["key"])).name != str(r["key"]) or str(r["key"]) in ("", ".", "..") for r in rows):
+        return None  # a key that is not a plain file name would point outside recon/: show grid.png alone
     tiles = [recon_dir / "truth" / f"{r['key']}.png" for r in rows]
     tiles += [recon_dir / "images" / f"{r['key']}_{i}.png" for r in rows for i in range(samples)]
     return (rows, samples) if all(t.is_file() for t in tiles) else None
