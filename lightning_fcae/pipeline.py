@@ -126,6 +126,7 @@ STAGE_CONFIGS = {
 STAND_IN_STAGES = ("clip_pretrain", "ldm_vq", "ldm_unet", "classifier")  # `lightning-fcae stand-ins train`
 DATASET_RECORD = "dataset.json"  # OUT/dataset.json: the data a run folder's results were made from
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes after config.json
+BEST_CHECKPOINT = "best.ckpt"  # BestCheckpoint's file, beside last.ckpt
 
 
 def chosen_methods(methods: list[str]) -> list[str]:
@@ -145,7 +146,7 @@ def modalities(method: Method) -> str:
 def is_checkpoint_callback(callback: dict) -> bool:
     """A config's ``trainer.callbacks`` entry that writes checkpoints (the stages' StageCheckpoint, or a
     plain ModelCheckpoint a user config names)."""
-    return callback["class_path"].endswith(("ModelCheckpoint", "StageCheckpoint"))
+    return callback["class_path"].endswith(("ModelCheckpoint", "StageCheckpoint", "BestCheckpoint"))
 
 
 def run_paths(config: dict, stage_dir: Path, run_name: str) -> dict:
@@ -239,7 +240,8 @@ class Pipeline:
         exports: tuple[Path, ...] = (),
     ) -> Path:
         """``lightning fit`` one stage (skipped when done, resumed from its last checkpoint when it was
-        interrupted); returns its last checkpoint. ``exports``: files the stage writes besides its
+        interrupted); returns the checkpoint it hands on: its best on val where it keeps one
+        (``BestCheckpoint``: stage 2), else its last. ``exports``: files the stage writes besides its
         checkpoint; the stage is done only once they exist."""
         last = stage_dir / "checkpoints" / "last.ckpt"
         config = self.stage_config(stage, config_file, stage_dir, seed, extra)
@@ -261,7 +263,8 @@ class Pipeline:
                 "keep a last checkpoint (StageCheckpoint does); fix the config and delete "
                 f"{stage_dir} to rerun it"
             )
-        return last
+        best = last.parent / BEST_CHECKPOINT  # a stage that keeps its best on val hands that on
+        return best if best.is_file() else last
 
     def run(
         self,

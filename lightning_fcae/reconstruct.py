@@ -107,10 +107,11 @@ def _reconstruct_batch(
     guidance: float,
     samples: int,
     seed: int,
+    subjects: list[str],
 ) -> Tensor:
-    """``[b, samples, 3, H, W]`` uint8 reconstructions of a batch: read back for a key whose PNGs all
-    exist; the others sampled in one call, each with its key's own seed, and written (with the truth
-    PNGs)."""
+    """``[b, samples, 3, H, W]`` uint8 reconstructions of a batch (``subjects``: the names its subject
+    indices point to): read back for a key whose PNGs all exist; the others sampled in one call, each with
+    its key's own seed, and written (with the truth PNGs)."""
     recon: list[Tensor | None] = []
     todo = []  # rows whose PNGs are not all there
     for i, key in enumerate(batch["key"]):
@@ -127,7 +128,8 @@ def _reconstruct_batch(
             torch.Generator(pipe.device).manual_seed(sample_seed(seed, batch["key"][i])) for i in todo
         ]
         # z-scored by the DataModule; the pipeline zero-pads to the encoder's length, as in training
-        sampled = pipe(batch["fmri"][todo], None, steps, guidance, samples, generators, output_type="pt")
+        names = [subjects[i] for i in batch["subject"][todo].tolist()]  # rows may mix subjects
+        sampled = pipe(batch["fmri"][todo], names, steps, guidance, samples, generators, output_type="pt")
         images = to_uint8(sampled.cpu())  # n s 3 H W
         for i, row in zip(todo, images):
             recon[i] = row
@@ -257,7 +259,7 @@ def reconstruct_split(
     bar = tqdm(total=data.num_samples(split), desc=f"reconstruct {split}", unit="img", disable=not progress)
     for batch in data.eval_dataloader(split):
         with autocast, torch.no_grad():
-            recon = _reconstruct_batch(pipe, batch, out, steps, guidance, samples, seed)  # b s 3 H W
+            recon = _reconstruct_batch(pipe, batch, out, steps, guidance, samples, seed, list(data.subjects))
             for index, images in enumerate(collected.values()):
                 rows = batch["subject"] == index
                 if rows.any():

@@ -160,7 +160,7 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         return latent * vq_downsampling(self.vqvae)
 
     def encode_fmri(
-        self, fmri: torch.Tensor, subject: str | None = None
+        self, fmri: torch.Tensor, subject: str | list[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[b, n]`` fMRI -> cross-attention context ``[b, 1+T, C]`` and pooled ``[b, D]``."""
         tokens = self.fmri_encoder(fmri.to(self.device), subject)  # b T D, centred CLIP-space directions
@@ -171,7 +171,7 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
     def __call__(
         self,
         fmri,
-        subject: str | None = None,
+        subject: str | list[str] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         num_images_per_fmri: int = 1,
@@ -182,7 +182,9 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
 
         Args:
             fmri: ``[b, n_subject]`` raw voxels of ``subject`` (array or tensor; ``[n]`` for one), z-scored
-                here with the training statistics; or, with ``subject=None``, z-scored and padded already.
+                here with the training statistics; or, with ``subject`` a list of one name per row (rows may
+                mix subjects) or None, z-scored and padded already, as the DataModule delivers it (None is
+                refused by an encoder with a per-subject linear path, which must know each row's subject).
             num_inference_steps / guidance_scale: DDIM steps and classifier-free guidance (default: the
                 values the model was validated with).
             num_images_per_fmri: samples per fMRI row.

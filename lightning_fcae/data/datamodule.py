@@ -300,8 +300,11 @@ class NSDDataModule(L.LightningDataModule):
         ).with_epoch(math.ceil(batches_per_rank / workers))
         return self._loader(pipeline, hp.num_workers, batches_per_rank)
 
-    def eval_dataloader(self, split: str) -> wds.WebLoader:
-        world, _ = self._world()
+    def eval_dataloader(self, split: str, every_rank_all: bool = False) -> wds.WebLoader:
+        """A split in order, repeats reduced by ``eval_repeats``, ending in a partial batch; split across
+        ranks and workers, or whole on every rank with ``every_rank_all`` (a closed-form fit that every
+        rank must make alike: stage 2's linear path)."""
+        world, _ = (1, 0) if every_rank_all else self._world()
         urls = self._urls(split)
         if len(urls) < world:
             raise ShardCountError(
@@ -310,22 +313,22 @@ class NSDDataModule(L.LightningDataModule):
             )
         # never more workers than a rank's shards, or the surplus workers would idle
         workers = min(self.hparams.num_workers, len(urls) // world)
+        stages = [wds.SimpleShardList(urls)] + ([] if every_rank_all else [wds.split_by_node])
         pipeline = wds.DataPipeline(
-            wds.SimpleShardList(urls),
-            wds.split_by_node,
+            *stages,
             wds.split_by_worker,
             self._reader(urls, split),
             wds.map(self._decoder(self.hparams.eval_repeats)),
             wds.batched(self.hparams.batch_size, collation_fn=collate, partial=True),
         )
-        return self._loader(pipeline, workers, self._eval_batches(split, workers))
+        return self._loader(pipeline, workers, self._eval_batches(split, workers, every_rank_all))
 
-    def _eval_batches(self, split: str, workers: int) -> int:
+    def _eval_batches(self, split: str, workers: int, every_rank_all: bool = False) -> int:
         """How many batches this rank's eval loader yields, which Lightning takes as the number to run:
         rank r streams the shards ``r::world`` (split_by_node), worker w of them ``w::workers``
         (split_by_worker), and every worker batches its own stream, ending in a partial batch. One
         count over the whole split would stop early and leave samples unscored."""
-        world, rank = self._world()
+        world, rank = (1, 0) if every_rank_all else self._world()
         counts = [s.samples for s in self.manifest.shards(split, list(self.subjects))][rank::world]
         streams = [counts[w::workers] for w in range(workers)] if workers > 0 else [counts]
         return sum(math.ceil(sum(stream) / self.hparams.batch_size) for stream in streams)

@@ -42,24 +42,25 @@ class ReconstructionMetrics(L.Callback):
         super().__init__()
         self.num_samples, self.steps, self.guidance = num_samples, steps, guidance
         self.every_n_epochs, self.seed = every_n_epochs, seed
-        self._subset: tuple[Tensor, Tensor] | None = None
+        self._subset: tuple[Tensor, Tensor, Tensor] | None = None
 
-    def _val_subset(self, trainer: L.Trainer) -> tuple[Tensor, Tensor]:
-        """``fmri [n, V]`` and ``image [n, 3, s, s]`` in [0, 1], read once on first use."""
+    def _val_subset(self, trainer: L.Trainer) -> tuple[Tensor, Tensor, Tensor]:
+        """``fmri [n, V]``, ``image [n, 3, s, s]`` in [0, 1] and ``subject [n]``, read once on first use."""
         if self._subset is None:
             datamodule = trainer.datamodule
             if not hasattr(datamodule, "eval_dataloader"):
                 raise RuntimeError(
                     "ReconstructionMetrics needs the trainer's datamodule to be an NSDDataModule"
                 )
-            fmri, images = [], []
+            fmri, images, subjects = [], [], []
             for batch in datamodule.eval_dataloader("val"):  # direct iteration: images stay uint8
                 fmri.append(batch["fmri"])
                 images.append(batch["image"])
+                subjects.append(batch["subject"])
                 if sum(map(len, fmri)) >= self.num_samples:
                     break
             n = self.num_samples
-            self._subset = torch.cat(fmri)[:n], torch.cat(images)[:n].float() / 255
+            self._subset = torch.cat(fmri)[:n], torch.cat(images)[:n].float() / 255, torch.cat(subjects)[:n]
         return self._subset
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -70,9 +71,15 @@ class ReconstructionMetrics(L.Callback):
         directory = None if image_loggers else Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
-        fmri, truth = self._val_subset(trainer)
+        fmri, truth, subject = self._val_subset(trainer)
         with trainer.precision_plugin.forward_context():  # the precision validation_step runs in
-            recon = pl_module.sample(fmri.to(pl_module.device), self.steps, self.guidance, seed=self.seed)
+            recon = pl_module.sample(
+                fmri.to(pl_module.device),
+                self.steps,
+                self.guidance,
+                seed=self.seed,
+                subject=subject.to(pl_module.device),
+            )
         recon = recon[:, 0].float()  # n 3 H W
         truth = truth.to(recon.device)
         if truth.shape[-2:] != recon.shape[-2:]:  # the module resizes its inputs (image_size)

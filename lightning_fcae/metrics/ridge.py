@@ -7,6 +7,9 @@ their shuffled controls), so choosing the penalty on val costs seconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 ALPHAS = np.logspace(-3, 3, 13)  # penalties, relative to the mean squared singular value of train
@@ -43,3 +46,46 @@ class Ridge:
 def best_alpha(scores: list[float], alphas: np.ndarray) -> float:
     """The alpha with the best val score; ties go to the stronger penalty (the more conservative fit)."""
     return float(max(zip(scores, alphas))[1])
+
+
+@dataclass
+class RidgeMap:
+    """A fitted ridge as explicit weights: ``predict(x) = x @ weight + bias``."""
+
+    weight: np.ndarray  # [V, K]
+    bias: np.ndarray  # [K]
+    alpha: float
+    val_score: float  # the val score that chose alpha
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.weight + self.bias
+
+
+def fit_ridge_map(
+    train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_score: Callable[[np.ndarray], float]
+) -> RidgeMap:
+    """Ridge ``train_x [n, V] -> train_y [n, K]`` with the penalty whose val predictions ``[m, K]`` score
+    best by ``val_score`` (higher is better; ties to the stronger penalty): the yardstick's fit, and the
+    initial value of stage 2's linear path."""
+    ridge = Ridge(train_x)
+    fit = ridge.fit(train_y)
+    projected = ridge.project(val_x)
+    scores = [val_score(ridge.predict(projected, fit, alpha)) for alpha in ridge.alphas]
+    alpha = best_alpha(scores, ridge.alphas)
+    weight = (ridge.v * (ridge.s / (ridge.s**2 + alpha))) @ fit[0]  # V K
+    return RidgeMap(weight, fit[1] - ridge.x_mean @ weight, alpha, max(scores))
+
+
+def principal_directions(y: np.ndarray, rank: int, max_rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """The ``rank`` leading principal directions ``[k, D]`` (k <= rank: at most the data's rank) and the
+    mean ``[D]`` of targets ``y [n, D]``: a ridge to ``(y - mean) @ directions.T`` is a reduced-rank ridge.
+    At most ``max_rows`` evenly spaced rows estimate them (one eigendecomposition of at most that size)."""
+    if len(y) > max_rows:
+        y = y[np.linspace(0, len(y) - 1, max_rows).round().astype(int)]
+    mean = y.mean(0)
+    centred = (y - mean).astype(np.float64)
+    wide = centred.shape[0] <= centred.shape[1]
+    evals, vecs = np.linalg.eigh(centred @ centred.T if wide else centred.T @ centred)
+    order = np.argsort(evals)[::-1][: min(rank, int((evals > 1e-9 * evals.max()).sum()))]
+    directions = centred.T @ vecs[:, order] / np.sqrt(evals[order]) if wide else vecs[:, order]
+    return directions.T, mean

@@ -14,6 +14,11 @@ Token ``t`` is aligned with CLIP token ``t`` (``I_v`` and ``I_m`` together are a
 the mask is chosen on the fMRI side, where it exists in stage 1). Token 0 lands on CLIP's pooled
 image embedding, which lives in CLIP's joint image-text space: it is the fMRI embedding used for the
 text contrastive loss and for n-way identification.
+
+Beyond the paper, an aligner may hold a per-subject linear path from voxels (:class:`VoxelLinearPath`,
+``linear_path: ridge`` in stage 2): its tokens and the deep ones are summed, and the deep path's last
+layers start at zero, so an aligner whose linear path was just set to the ridge predicts what the ridge
+predicts and trains from there.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from .fcae import FCAE, LatentContextRegressor
+from .linear_path import VoxelLinearPath
 from .mae import MAE
 from .sizes import EncoderConfig, RegressorConfig
 from .vit import FMRIEncoder, random_masking
@@ -48,6 +54,15 @@ class TokenMapper(nn.Module):
             self.embed_reduce = nn.Linear(fmri_dim, embed_rank)
             self.embed_head = nn.Linear(num_patches * embed_rank, clip_dim)
 
+    @torch.no_grad()
+    def zero_output(self) -> None:
+        """Output layers to zero: every token is 0 until training moves them (ControlNet's zero
+        convolution), while the gradient still reaches them (their inputs are not zero)."""
+        for layer in (self.proj, getattr(self, "embed_head", None)):
+            if layer is not None:
+                layer.weight.zero_()
+                layer.bias.zero_()
+
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         z = self.norm(latents)  # b n d
         mixed = self.token_map(rearrange(z, "b n d -> b d n"))  # b d t
@@ -59,11 +74,12 @@ class TokenMapper(nn.Module):
 
 
 class FMRIAligner(nn.Module):
-    """Encoder (+ regressor) + TokenMapper. ``forward(x, mask_ratio) -> [b, t, D]``.
+    """Encoder (+ regressor) + TokenMapper (+ linear path). ``forward(x, mask_ratio, subject=) -> [b, t, D]``.
 
     With a regressor (fCAE) and ``mask_ratio > 0`` the encoder sees only the visible patches and the
     regressor fills in the masked latents, as in the paper's stage 2. An MAE encoder has no regressor,
-    so it always encodes every patch. Evaluation uses ``mask_ratio=0``: all patches visible.
+    so it always encodes every patch. Evaluation uses ``mask_ratio=0``: all patches visible. With a
+    linear path the caller names each row's subject (indices into ``linear.subjects``).
     """
 
     def __init__(
@@ -73,17 +89,39 @@ class FMRIAligner(nn.Module):
         clip_tokens: int,
         clip_dim: int,
         embed_rank: int = 8,
+        linear: VoxelLinearPath | None = None,
     ):
         super().__init__()
         self.encoder, self.regressor = encoder, regressor
         self.mapper_args = {"clip_tokens": clip_tokens, "clip_dim": clip_dim, "embed_rank": embed_rank}
         self.mapper = TokenMapper(encoder.num_patches, encoder.embed_dim, clip_tokens, clip_dim, embed_rank)
+        self.linear = linear
+
+    def add_linear_path(self, subjects: list[str], rank: int) -> VoxelLinearPath:
+        """Attach a zero linear path for ``subjects`` and zero the deep path's output layers: the aligner
+        then predicts whatever the linear path is set to (:meth:`VoxelLinearPath.set_subject`)."""
+        args = self.mapper_args
+        self.linear = VoxelLinearPath(
+            subjects,
+            self.encoder.num_patches * self.encoder.patch_size,
+            rank,
+            args["clip_tokens"],
+            args["clip_dim"],
+        )
+        self.mapper.zero_output()
+        return self.linear
 
     @property
     def model_args(self) -> dict:
         """What rebuilds this aligner (models/factory.py): its parts' arguments and the token grid."""
         regressor = None if self.regressor is None else self.regressor.model_args
-        return {"encoder": self.encoder.model_args, "regressor": regressor, **self.mapper_args}
+        linear = None if self.linear is None else self.linear.model_args
+        return {
+            "encoder": self.encoder.model_args,
+            "regressor": regressor,
+            **self.mapper_args,
+            "linear": linear,
+        }
 
     @classmethod
     def from_model_args(cls, args: dict) -> FMRIAligner:
@@ -96,7 +134,8 @@ class FMRIAligner(nn.Module):
             regressor = LatentContextRegressor(
                 reg["num_patches"], reg["dim"], config, reg["mlp_ratio"], False
             )
-        return cls(encoder, regressor, args["clip_tokens"], args["clip_dim"], args["embed_rank"])
+        linear = VoxelLinearPath(**args["linear"]) if args.get("linear") else None
+        return cls(encoder, regressor, args["clip_tokens"], args["clip_dim"], args["embed_rank"], linear)
 
     @classmethod
     def from_pretrained(
@@ -121,8 +160,18 @@ class FMRIAligner(nn.Module):
         latents.scatter_(1, ids_mask[..., None].expand(-1, -1, z_m.shape[-1]), z_m)
         return latents
 
-    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, generator=None) -> torch.Tensor:
-        return self.mapper(self.latents(x, mask_ratio, generator))
+    def forward(
+        self, x: torch.Tensor, mask_ratio: float = 0.0, generator=None, subject: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        tokens = self.mapper(self.latents(x, mask_ratio, generator))  # b T D
+        if self.linear is None:
+            return tokens
+        if subject is None:
+            raise ValueError(
+                f"this aligner has a per-subject linear path (subjects {self.linear.subjects}): pass each "
+                "row's subject"
+            )
+        return tokens + self.linear(x, subject)
 
     @staticmethod
     def embedding(tokens: torch.Tensor) -> torch.Tensor:
@@ -133,3 +182,16 @@ class FMRIAligner(nn.Module):
 def token_cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Paper eq. 3: mean over tokens and samples of ``1 - cos(y, y_hat)`` (float32 under autocast)."""
     return (1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean()
+
+
+def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """MindEye's soft-CLIP loss: cross-entropy of ``scale * pred @ target.T`` (both ``[b, D]``, unit) against
+    the softmax of CLIP's own ``scale * target @ target.T``, both directions averaged; a distractor as
+    similar to the target as the target itself is not pushed away as if it were unrelated."""
+    pred, target = pred.float(), target.float()
+    soft = (scale * target @ target.T).softmax(-1)  # b b
+    logits = scale * pred @ target.T
+    return (
+        -((soft * logits.log_softmax(-1)).sum(-1).mean() + (soft * logits.T.log_softmax(-1)).sum(-1).mean())
+        / 2
+    )

@@ -67,9 +67,32 @@ class FMRIConditionEncoder(ModelMixin, ConfigMixin):
         mean, std = getattr(self.norm, f"{subject}_mean"), getattr(self.norm, f"{subject}_std")
         return F.pad((fmri.to(mean) - mean) / std, (0, self.num_voxels - fmri.shape[-1]))
 
-    def forward(self, fmri: torch.Tensor, subject: str | None = None) -> torch.Tensor:
-        """``[b, n]`` fMRI -> CLIP-space tokens ``[b, T, D]`` (all patches visible)."""
-        return self.aligner(self.preprocess(fmri, subject).to(self.dtype))
+    def forward(self, fmri: torch.Tensor, subject: str | list[str] | None = None) -> torch.Tensor:
+        """``[b, n]`` fMRI -> CLIP-space tokens ``[b, T, D]`` (all patches visible).
+
+        ``subject``: a name (raw voxels of that subject, z-scored here), or a list of one name per row
+        (fMRI z-scored and padded already, as the DataModule delivers it: rows may mix subjects), or None
+        (z-scored and padded already; not for an encoder with a per-subject linear path)."""
+        names = None
+        if isinstance(subject, str):
+            names = [subject] * len(fmri)
+            fmri = self.preprocess(fmri, subject)
+        elif subject is not None:
+            names = list(subject)
+            if len(names) != len(fmri):
+                raise ValueError(f"{len(names)} subject names for {len(fmri)} fMRI rows")
+            fmri = self.preprocess(fmri, None)
+        else:
+            fmri = self.preprocess(fmri, None)
+        rows = None
+        if self.aligner.linear is not None:
+            if names is None:
+                raise ValueError(
+                    f"this fMRI encoder has a per-subject linear path ({self.aligner.linear.subjects}): pass "
+                    "subject= (a name for raw voxels, or one name per row of z-scored fMRI)"
+                )
+            rows = self.aligner.linear.subject_indices(names).to(fmri.device)
+        return self.aligner(fmri.to(self.dtype), subject=rows)
 
     @classmethod
     def from_aligner(cls, aligner: FMRIAligner, preprocessing: dict | None) -> FMRIConditionEncoder:

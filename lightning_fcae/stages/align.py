@@ -5,6 +5,10 @@
 type give every row of the paper's Table 3 (F+I, F+T, F+I+T; fCAE or MAE). Only the fMRI side
 trains; the frozen CLIP's features come precomputed with the batch (``clip_features: cache``, the
 default: :mod:`lightning_fcae.clip_features`) or from this module's own copy of CLIP (``live``).
+
+Two options beyond the paper, each one line in a config (docs/method.md): ``linear_path: ridge`` adds a
+per-subject linear map from voxels that starts as the ridge yardstick (:mod:`.linear_path`), and
+``image_contrastive`` adds a contrastive term between the fMRI embedding and CLIP's image embedding.
 """
 
 from __future__ import annotations
@@ -15,17 +19,18 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from open_clip.loss import ClipLoss
 from torch import nn
 
 from ..clip_features import batch_clip_features, prepare_clip_features, stream_clip_features, train_means
 from ..metrics.identification import NWayIdentification
 from ..models import FCAE, MAE, model_size
-from ..models.align import FMRIAligner, token_cosine_loss
+from ..models.align import FMRIAligner, soft_clip_loss, token_cosine_loss
 from ..models.clip import resolve_clip_grid
 from ..models.factory import build_model, load_model, model_entry
 from .chain import STAGE1_WRITER, require_checkpoint
+from .linear_path import LinearPathError, fit_linear_path
 from .optim import adamw_warmup_cosine
 from .records import RecordsModels
 from .seeding import RankSeededModule
@@ -52,6 +57,15 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         clip_features: ``cache`` computes CLIP's features of the dataset once, into
             ``data_dir/features/`` (a progress bar on first use), and streams them with each batch;
             ``live`` runs CLIP on every batch (needs the data's images; targets are not centred).
+        linear_path: ``ridge`` adds a per-subject linear map from voxels to the tokens, set to the ridge
+            fitted on train (penalty chosen on val) when training starts, the deep path's output layers
+            starting at zero: step 0 predicts what the ridge predicts. ``none``: the paper's model.
+        linear_rank: principal directions of the CLIP tokens the linear path maps to.
+        linear_lr: the linear path's learning rate (its weights are ridge solutions, orders of magnitude
+            smaller than a network's; None: ``lr``).
+        image_contrastive: a contrastive term between the fMRI embedding and the (centred) CLIP image
+            embedding beside the paper's cosine: ``infonce`` (CLIP's, with the text term's temperature)
+            or ``softclip`` (MindEye's: targets softened by CLIP's own image-image similarities).
         stage1: the stage-1 architecture, recorded in checkpoints by this module; leave unset.
     """
 
@@ -76,6 +90,10 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         clip_model: str | None = None,
         clip_pretrained: str | None = None,
         clip_features: Literal["cache", "live"] = "cache",
+        linear_path: Literal["none", "ridge"] = "none",
+        linear_rank: int = 128,
+        linear_lr: float | None = None,
+        image_contrastive: Literal["none", "infonce", "softclip"] = "none",
         stage1: dict | None = None,
     ):
         super().__init__()
@@ -117,6 +135,9 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         self.strict_loading = False  # checkpoints leave the frozen CLIP out
         self.contrastive = ClipLoss()
         self.identification = nn.ModuleDict()  # filled in setup(), per split x subject x ways
+        # the step-0 model's val scores when known without training (the ridge-set linear path)
+        self.initial_val_scores: dict[str, float] = {}
+        self.register_buffer("subject_rows", torch.zeros(0, dtype=torch.long), persistent=False)
 
     recorded_models = ("aligner",)
 
@@ -146,6 +167,8 @@ class FCAEAlign(RecordsModels, RankSeededModule):
             rank_zero_warn(
                 "center_targets needs the CLIP feature cache (clip_features: cache); targets stay raw"
             )
+        if self.hparams.linear_path == "ridge":
+            self.setup_linear_path(stage, cache)
         ways = sorted({2, self.hparams.n_way})
         for split in ("val", "test"):
             for subject in range(len(self.subject_names)):
@@ -156,6 +179,40 @@ class FCAEAlign(RecordsModels, RankSeededModule):
             self.contrastive = ClipLoss(
                 local_loss=True, gather_with_grad=True, rank=self.global_rank, world_size=world
             )
+
+    def setup_linear_path(self, stage: str, cache) -> None:
+        """Attach the linear path for the data's subjects (zero: a restored checkpoint fills it), and set it
+        to the ridge when a fit starts from scratch."""
+        data = self.trainer.datamodule
+        if data is None or not hasattr(data, "subjects"):
+            raise LinearPathError("linear_path: ridge fits on the trainer's NSDDataModule; there is none")
+        if self.aligner.linear is None:
+            self.aligner.add_linear_path(list(data.subjects), self.hparams.linear_rank)
+        self.subject_rows = self.aligner.linear.subject_indices(list(data.subjects)).to(self.device)
+        if stage == "fit" and self.trainer.ckpt_path is None and not self.initial_val_scores:
+            if cache is None:
+                raise LinearPathError(
+                    "linear_path: ridge fits on the CLIP feature cache (clip_features: cache)"
+                )
+            self.initial_val_scores = fit_linear_path(
+                self.aligner.linear, data, self.clip_token_mean, self.clip_embed_mean, self.hparams.n_way
+            )
+            self.aligner.linear.to(self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A stage-2 checkpoint with a linear path restores into a module that has none yet (``load_from_
+        checkpoint`` runs no ``setup``): build it from the recorded model."""
+        recorded = checkpoint.get("models", {}).get("aligner", {}).get("args", {}).get("linear")
+        if recorded and self.aligner.linear is None:
+            self.aligner.add_linear_path(recorded["subjects"], recorded["rank"])
+
+    def subjects_of(self, batch: dict) -> torch.Tensor | None:
+        """Each row's index into the linear path's subjects (None without a linear path)."""
+        if self.aligner.linear is None:
+            return None
+        if len(self.subject_rows) == 0:  # no setup (a module used outside a trainer): the path's own order
+            return batch["subject"]
+        return self.subject_rows[batch["subject"]]
 
     def clip_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image tokens ``[b, T, D]``, image embedding ``[b, D]``, mean text embedding ``[b, D]``)."""
@@ -185,11 +242,18 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         self, batch: dict, mask_ratio: float
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         clip_tokens, clip_image, clip_text = self.clip_features(batch)
-        tokens = self.aligner(batch["fmri"], mask_ratio)  # b T D
+        tokens = self.aligner(batch["fmri"], mask_ratio, subject=self.subjects_of(batch))  # b T D
         embedding = FMRIAligner.embedding(tokens)  # b D
         terms = {}
         if self.hparams.use_image:
             terms["cos"] = token_cosine_loss(tokens, clip_tokens)
+        if self.hparams.image_contrastive != "none":
+            image = F.normalize(clip_image.float(), dim=-1)
+            scale = self.logit_scale.exp()
+            if self.hparams.image_contrastive == "infonce":
+                terms["image_contrastive"] = self.contrastive(embedding, image, scale)
+            else:
+                terms["image_contrastive"] = soft_clip_loss(embedding, image, scale)
         if self.hparams.use_text:
             text = F.normalize(clip_text.float(), dim=-1)
             terms["contrastive"] = self.contrastive(embedding, text, self.logit_scale.exp())
@@ -244,6 +308,11 @@ class FCAEAlign(RecordsModels, RankSeededModule):
     def on_test_epoch_end(self) -> None:
         self._log_identification("test")
 
+    def on_train_start(self) -> None:
+        if self.initial_val_scores:
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in self.initial_val_scores.items())
+            rank_zero_info(f"step 0 (the ridge-set linear path): {scores}")
+
     @torch.no_grad()
     def latents(self, fmri: torch.Tensor) -> torch.Tensor:
         """Patch latents, all patches visible ``[b, n, d]`` (for the linear probe)."""
@@ -252,7 +321,8 @@ class FCAEAlign(RecordsModels, RankSeededModule):
     def configure_optimizers(self):
         """Aligner and temperature (no decay: 0-d); the frozen CLIP has no trainable parameters."""
         hp = self.hparams
-        return adamw_warmup_cosine(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay)
+        scales = {"aligner.linear.": hp.linear_lr / hp.lr} if hp.linear_lr is not None else None
+        return adamw_warmup_cosine(self, hp.lr, hp.min_lr, hp.warmup_fraction, hp.weight_decay, scales)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -11,8 +11,8 @@ STAGE1_WRITER = (
     "stage1_mae.yaml / stage1_dcmae.yaml write checkpoints/stage1_mae|stage1_dcmae/last.ckpt)"
 )
 STAGE2_WRITER = (
-    "stage 2 (`lightning fit --config configs/stage2_align.yaml` writes checkpoints/stage2_align/last.ckpt, "
-    "after stage 1)"
+    "stage 2 (`lightning fit --config configs/stage2_align.yaml` writes checkpoints/stage2_align/best.ckpt "
+    "and last.ckpt, after stage 1)"
 )
 DCMAE_PHASE1_WRITER = (
     "vis-dec's phase 1 (`lightning fit --config configs/stage1_dcmae.yaml` writes "

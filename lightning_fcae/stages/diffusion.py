@@ -222,6 +222,8 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         self.trainable_unet_parameters = freeze_for_finetuning(self.unet)
         self.vq = ldm.vq.requires_grad_(False).eval()
         self.noise_scheduler = ldm.scheduler
+        # data subject index -> linear-path subject index (set in setup when the aligner has a linear path)
+        self.register_buffer("subject_rows", torch.zeros(0, dtype=torch.long), persistent=False)
 
     recorded_models = ("aligner", "conditioner")
 
@@ -293,10 +295,31 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         size = self.hparams.image_size
         return size // vq_downsampling(self.vq) if size else self.unet.config.sample_size
 
-    def condition(self, fmri: torch.Tensor, drop: torch.Tensor | None = None):
+    def setup(self, stage: str) -> None:
+        """A stage-2 aligner with a linear path reads each row's subject: map the data's subject indices
+        onto the path's (by name: the data may hold fewer subjects, in another order)."""
+        data = self.trainer.datamodule
+        if self.aligner.linear is not None and data is not None and hasattr(data, "subjects"):
+            self.subject_rows = self.aligner.linear.subject_indices(list(data.subjects)).to(self.device)
+
+    def subjects_of(self, subject: torch.Tensor | None) -> torch.Tensor | None:
+        """The linear path's subject index of each row (``subject``: the DataModule's); None without a path."""
+        if self.aligner.linear is None:
+            return None
+        if subject is None:
+            raise ValueError(
+                f"this model's fMRI encoder has a per-subject linear path ({self.aligner.linear.subjects}): "
+                "pass each row's subject"
+            )
+        return self.subject_rows[subject] if len(self.subject_rows) else subject
+
+    def condition(
+        self, fmri: torch.Tensor, drop: torch.Tensor | None = None, subject: torch.Tensor | None = None
+    ):
         """``fmri [b, V]`` -> cross-attention context ``[b, 1+T, C]`` and pooled ``[b, D]``; ``drop`` (bool
-        ``[b]``) replaces a sample's condition by the null one."""
-        tokens = self.aligner(fmri)  # b T D: centred CLIP-space directions
+        ``[b]``) replaces a sample's condition by the null one; ``subject [b]``: the DataModule's subject
+        index of each row (needed by an encoder with a linear path)."""
+        tokens = self.aligner(fmri, subject=self.subjects_of(subject))  # b T D: centred CLIP-space directions
         keep = None if drop is None else ~drop
         text = tokens[:, 0] if self.hparams.text_slot else None
         return self.conditioner(tokens, text, keep_image=keep, keep_text=keep, centred=True)
@@ -313,7 +336,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         if self.training and self.hparams.cond_drop > 0:
             rand = torch.rand(len(latents), generator=generator, device=latents.device)
             drop = rand < self.hparams.cond_drop
-        tokens, pooled = self.condition(batch["fmri"], drop)
+        tokens, pooled = self.condition(batch["fmri"], drop, batch.get("subject"))
         return diffusion_loss(
             self.unet,
             self.noise_scheduler,
@@ -336,6 +359,8 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         # noise and timesteps seeded by batch index: both terms are comparable across epochs
         loss = self.loss(batch, torch.Generator(self.device).manual_seed(batch_idx))
         shuffled = {**batch, "fmri": batch["fmri"].roll(1, dims=0)}
+        if "subject" in batch:  # the fMRI keeps its own subject (a linear path reads it)
+            shuffled["subject"] = batch["subject"].roll(1, dims=0)
         loss_shuffled = self.loss(shuffled, torch.Generator(self.device).manual_seed(batch_idx))
         size = len(batch["key"])
         self.log("val/loss", loss, sync_dist=True, batch_size=size)
@@ -352,8 +377,10 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         guidance: float | None = None,
         samples: int = 1,
         seed: int | list[int] = 0,
+        subject: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Images decoded from ``fmri [b, V]``: ``[b, samples, 3, H, W]`` in [0, 1], all in one batch.
+        """Images decoded from ``fmri [b, V]`` (of the DataModule's subjects ``subject [b]``):
+        ``[b, samples, 3, H, W]`` in [0, 1], all in one batch.
 
         ``seed``: an int seeds one generator for the whole batch; a list of ``b`` seeds gives each fMRI
         row its own generator, from which its ``samples`` images draw in turn, so row i's images depend
@@ -365,7 +392,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         else:
             generator = [torch.Generator(self.device).manual_seed(s) for s in seed]
         return sample_conditioned(
-            *self.condition(fmri),
+            *self.condition(fmri, subject=subject),
             self.conditioner,
             self.unet,
             self.vq,
@@ -378,7 +405,11 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         )
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"key": batch["key"], "image": batch.get("image"), "recon": self.sample(batch["fmri"])}
+        return {
+            "key": batch["key"],
+            "image": batch.get("image"),
+            "recon": self.sample(batch["fmri"], subject=batch.get("subject")),
+        }
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -389,6 +420,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         counts = {
             "encoder": sum(p.numel() for p in self.aligner.encoder.parameters()),
             "token map": sum(p.numel() for p in self.aligner.mapper.parameters()),
+            "linear path": sum(p.numel() for p in (self.aligner.linear or torch.nn.Module()).parameters()),
             "condition": sum(p.numel() for p in self.conditioner.parameters()),
             "unet (trainable)": sum(p.numel() for p in self.unet.parameters() if p.requires_grad),
             "unet (frozen)": sum(p.numel() for p in self.unet.parameters() if not p.requires_grad),

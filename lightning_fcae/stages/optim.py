@@ -11,20 +11,33 @@ from torch import nn
 
 
 def adamw(
-    module: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    lr_scales: dict[str, float] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over the module's trainable parameters; fused kernels where every parameter is on CUDA.
 
     Biases, LayerNorm weights, cls/mask tokens and learned position embeddings are not decayed
-    (1-D parameters or names ending in ``token``), as in MAE and CAE.
+    (1-D parameters or names ending in ``token``), as in MAE and CAE. ``lr_scales`` maps a parameter-name
+    prefix to a factor on ``lr`` for those parameters (their own groups; the schedule scales them alike).
     """
-    decay, no_decay = [], []
+    groups: dict[tuple[float, bool], list] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 or name.endswith("token") else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.is_cuda for p in decay + no_decay) and bool(decay + no_decay)
+        scale = next((f for prefix, f in (lr_scales or {}).items() if name.startswith(prefix)), 1.0)
+        decayed = not (param.ndim <= 1 or name.endswith("token"))
+        groups.setdefault((scale, decayed), []).append(param)
+    groups = [
+        {"params": params, "lr": lr * scale, "weight_decay": weight_decay if decayed else 0.0}
+        for (scale, decayed), params in sorted(
+            groups.items(), key=lambda item: (item[0][0] != 1.0, not item[0][1])
+        )
+    ]
+    params = [p for group in groups for p in group["params"]]
+    fused = all(p.is_cuda for p in params) and bool(params)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
@@ -45,12 +58,17 @@ def warmup_cosine(
 
 
 def adamw_warmup_cosine(
-    module: L.LightningModule, lr: float, min_lr: float, warmup_fraction: float, weight_decay: float
+    module: L.LightningModule,
+    lr: float,
+    min_lr: float,
+    warmup_fraction: float,
+    weight_decay: float,
+    lr_scales: dict[str, float] | None = None,
 ) -> dict:
     """``configure_optimizers`` for every stage: :func:`adamw` over the module's trainable parameters
     (frozen parts such as CLIP or the LDM's VQ are skipped by ``requires_grad``), stepped per batch
     through :func:`warmup_cosine` over the trainer's estimated number of steps."""
-    optimizer = adamw(module, lr, weight_decay)
+    optimizer = adamw(module, lr, weight_decay, lr_scales=lr_scales)
     total = module.trainer.estimated_stepping_batches
     scheduler = warmup_cosine(optimizer, total, int(warmup_fraction * total), lr, min_lr)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
