@@ -43,6 +43,21 @@ def reconstruct_parser() -> argparse.ArgumentParser:
         default=0,
         help="sampling seed; each sample's noise: seed + crc32(key) (default: %(default)s)",
     )
+    parser.add_argument(
+        "--init",
+        choices=("noise", "lowlevel"),
+        default="noise",
+        help="start each sample from noise (the paper) or img2img from the checkpoint's low-level image "
+        "(stage 3 trained with lowlevel: ridge) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="img2img strength in [0, 1]: the part of the DDIM steps run from the noised low-level image "
+        "(1.0: from noise, 0.0: the low-level image's VQ round trip); with --init lowlevel it is required: "
+        "choose it on val (`--split val`), never on test",
+    )
     parser.add_argument("--subjects", nargs="+", default=None, help="subjects to reconstruct (default: all)")
     parser.add_argument("--clip-model", default=None, help="open_clip model for the CLIP scores")
     parser.add_argument("--clip-pretrained", default=None, help="its weights: a local file or open_clip tag")

@@ -441,7 +441,22 @@ class Pipeline:
         )
         size = stage3["model"]["init_args"].get("image_size")
         n_way = int((self.plan.get("reconstruct") or {}).get("n_way", 50))
-        settings = {"data_dir": self.data_dir, "clip": list(clip), "image_size": size, "n_way": n_way}
+        stage2 = deep_merge(
+            load_stage_config(self.configs / STAGE_CONFIGS["stage2"]), self.overrides.get("stage2", {})
+        )
+        # the ranks of the maps stage 2's linear path and stage 3's low-level decoder fit, so that their
+        # step 0 is this row
+        ranks = {
+            "rank": stage2["model"]["init_args"].get("linear_rank", 128),
+            "pixel_rank": stage3["model"]["init_args"].get("lowlevel_rank", 256),
+        }
+        settings = {
+            "data_dir": self.data_dir,
+            "clip": list(clip),
+            "image_size": size,
+            "n_way": n_way,
+            **ranks,
+        }
         label = f"{self.progress.line(key)} {root.relative_to(self.out)}"
         path = root / "summary.json"
         if path.is_file() and json.loads(path.read_text()).get("settings") == settings:
@@ -460,13 +475,13 @@ class Pipeline:
 
         self.running = str(root.relative_to(self.out))
         size = size or read_manifest(self.data_dir).image_size
-        result = ridge_yardstick(self.data_dir, load_clip(*clip), size, n_way)
+        result = ridge_yardstick(self.data_dir, load_clip(*clip), size, n_way, **ranks)
         (root / "recon").mkdir(parents=True, exist_ok=True)
         save_image(result["grid"], root / "recon" / "grid.png")
         summary = {
             "run": self.out.name,
             "method": "ridge",
-            "label": "Ridge yardstick (voxels → pixels; → CLIP embedding)",
+            "label": "Ridge yardstick (voxels → pixels; → CLIP tokens)",
             "seed": 0,
             "encoder": "none (ridge)",
             "modalities": "–",

@@ -49,7 +49,8 @@ from .metrics.scoring import comparison_grid, subject_scores
 from .models.checkpoints import CheckpointError
 from .models.factory import CheckpointFormatError
 from .parsers import reconstruct_parser
-from .reconstruction_pipeline import FMRIReconstructionPipeline
+from .reconstruction_pipeline import FMRIReconstructionPipeline, find_stage3_checkpoint
+from .sampling import Img2ImgError, check_strength
 
 if TYPE_CHECKING:
     from .models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
@@ -108,10 +109,12 @@ def _reconstruct_batch(
     samples: int,
     seed: int,
     subjects: list[str],
+    strength: float | None = None,
 ) -> Tensor:
     """``[b, samples, 3, H, W]`` uint8 reconstructions of a batch (``subjects``: the names its subject
     indices point to): read back for a key whose PNGs all exist; the others sampled in one call, each with
-    its key's own seed, and written (with the truth PNGs)."""
+    its key's own seed, and written (with the truth PNGs). ``strength``: img2img from the pipeline's
+    low-level image (None: from noise)."""
     recon: list[Tensor | None] = []
     todo = []  # rows whose PNGs are not all there
     for i, key in enumerate(batch["key"]):
@@ -129,7 +132,9 @@ def _reconstruct_batch(
         ]
         # z-scored by the DataModule; the pipeline zero-pads to the encoder's length, as in training
         names = [subjects[i] for i in batch["subject"][todo].tolist()]  # rows may mix subjects
-        sampled = pipe(batch["fmri"][todo], names, steps, guidance, samples, generators, output_type="pt")
+        fmri = batch["fmri"][todo]
+        init = None if strength is None else {"image": pipe.lowlevel_image(fmri, names), "strength": strength}
+        sampled = pipe(fmri, names, steps, guidance, samples, generators, output_type="pt", **(init or {}))
         images = to_uint8(sampled.cpu())  # n s 3 H W
         for i, row in zip(todo, images):
             recon[i] = row
@@ -212,6 +217,8 @@ def reconstruct_split(
     device: str | None = None,
     progress: bool = True,
     ldm: str | Path | None = None,
+    init: str = "noise",
+    strength: float | None = None,
 ) -> dict:
     """Reconstruct ``split`` (repeats averaged) into ``out`` and return the metrics written to
     ``out/metrics.json`` (see the module doc). ``clip_model`` (+ ``clip_pretrained``, a local file or
@@ -219,10 +226,25 @@ def reconstruct_split(
     CLIP-embedded at a time (the UNet runs on up to ``2 x samples x batch_size`` latents). ``steps`` and
     ``guidance`` default to the checkpoint's ``sample_steps`` and ``guidance_scale``. ``ckpt`` is a stage-3
     checkpoint or a run folder; ``ldm`` the frozen LDM's folder when it is no longer where the checkpoint
-    recorded it."""
+    recorded it. ``init="lowlevel"`` starts each sample img2img from the checkpoint's low-level image at
+    ``strength`` (chosen on val, never on test)."""
     out = Path(out)
+    if init == "lowlevel" and strength is None:
+        raise ReconstructionError(
+            "--init lowlevel needs --strength (choose it on the val split, never on test)"
+        )
+    if init == "noise" and strength not in (None, 1.0):
+        raise ReconstructionError(
+            f"--strength {strength} needs --init lowlevel (from noise the strength is 1.0)"
+        )
+    if strength is not None:
+        check_strength(strength)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = load_pipeline(ckpt, ldm).to(device)
+    if init == "lowlevel" and pipe.lowlevel is None:
+        raise ReconstructionError(
+            f"{ckpt} has no low-level decoder for --init lowlevel: train stage 3 with model.init_args.lowlevel: ridge"
+        )
     steps = steps or pipe.config.num_inference_steps
     guidance = pipe.config.guidance_scale if guidance is None else guidance
     data = NSDDataModule(
@@ -244,8 +266,11 @@ def reconstruct_split(
         clip = load_clip(clip_model, clip_pretrained).to(device)
     # what the PNGs depend on; checked once the inputs are known to be usable
     # the checkpoint by content: a retrained stage 3 replaces last.ckpt at the same path
-    settings = dict(ckpt=str(Path(ckpt).resolve()), ckpt_sha256=sha256_file(ckpt), split=split)
+    ckpt_file = find_stage3_checkpoint(ckpt)  # a run folder names its stage-3 checkpoint
+    settings = dict(ckpt=str(ckpt_file.resolve()), ckpt_sha256=sha256_file(ckpt_file), split=split)
     settings |= dict(steps=steps, guidance=guidance)
+    if init == "lowlevel":  # recorded only when used: older folders made from noise resume as before
+        settings |= dict(init=init, strength=strength)
     settings |= dict(samples=samples, seed=seed)
     # the data by content too: other fMRI under the same keys must not reuse these PNGs (the manifest
     # holds every shard's and the norm stats' sha256)
@@ -259,7 +284,17 @@ def reconstruct_split(
     bar = tqdm(total=data.num_samples(split), desc=f"reconstruct {split}", unit="img", disable=not progress)
     for batch in data.eval_dataloader(split):
         with autocast, torch.no_grad():
-            recon = _reconstruct_batch(pipe, batch, out, steps, guidance, samples, seed, list(data.subjects))
+            recon = _reconstruct_batch(
+                pipe,
+                batch,
+                out,
+                steps,
+                guidance,
+                samples,
+                seed,
+                list(data.subjects),
+                strength if init == "lowlevel" else None,
+            )
             for index, images in enumerate(collected.values()):
                 rows = batch["subject"] == index
                 if rows.any():
@@ -328,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     args = reconstruct_parser().parse_args(argv)
     try:
         metrics = reconstruct_split(**vars(args))
-    except (ReconstructionError, CheckpointError, FileNotFoundError, DatasetError) as exc:
+    except (ReconstructionError, Img2ImgError, CheckpointError, FileNotFoundError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_metrics(metrics))

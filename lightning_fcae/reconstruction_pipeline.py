@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel, VQModel
 from diffusers.utils import numpy_to_pil
 from einops import rearrange
@@ -27,13 +28,18 @@ from .models.condition import ClipCondition
 from .models.factory import CheckpointFormatError, checkpoint_models, load_model, read_checkpoint
 from .models.fmri_condition import FMRIConditionEncoder
 from .models.ldm import add_time_conditioning, build_ldm, load_ldm, vq_downsampling
-from .sampling import sample_conditioned
+from .models.linear_path import LowLevelDecoder
+from .sampling import check_init_images, check_strength, sample_conditioned
 
 RUN_CHECKPOINTS = ("stage3/checkpoints/last.ckpt", "checkpoints/last.ckpt")
 
 
 class MissingLDMError(FileNotFoundError):
     """The frozen LDM a stage-3 checkpoint was trained on is not where it recorded it."""
+
+
+class MissingLowLevelError(ValueError):
+    """img2img from the low-level image asked of a pipeline that has no low-level decoder."""
 
 
 def find_stage3_checkpoint(path: str | Path) -> Path:
@@ -78,12 +84,15 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
     """Images from fMRI: fMRI encoder -> condition encoder -> DDIM with classifier-free guidance -> VQ.
 
     Components: ``fmri_encoder`` (:class:`FMRIConditionEncoder`), ``condition`` (:class:`ClipCondition`),
-    ``unet``, ``vqvae``, ``scheduler`` (the LDM's training DDPM schedule; sampling uses DDIM on it).
+    ``unet``, ``vqvae``, ``scheduler`` (the LDM's training DDPM schedule; sampling uses DDIM on it), and
+    ``lowlevel`` (:class:`LowLevelDecoder`, optional: the ridge's voxels -> pixels map of a stage 3 trained
+    with ``lowlevel: ridge``, whose images :meth:`lowlevel_image` makes for img2img).
     Config: ``text_slot`` (stage 3 also fed the fMRI embedding into the caption slot), ``latent_size``,
     and the defaults ``num_inference_steps`` / ``guidance_scale`` the model was validated with.
     """
 
     model_cpu_offload_seq = "fmri_encoder->condition->unet->vqvae"
+    _optional_components = ["lowlevel"]
 
     def __init__(
         self,
@@ -96,10 +105,16 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         latent_size: int | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 3.0,
+        lowlevel: LowLevelDecoder | None = None,
     ):
         super().__init__()
         self.register_modules(
-            fmri_encoder=fmri_encoder, condition=condition, unet=unet, vqvae=vqvae, scheduler=scheduler
+            fmri_encoder=fmri_encoder,
+            condition=condition,
+            unet=unet,
+            vqvae=vqvae,
+            scheduler=scheduler,
+            lowlevel=lowlevel,
         )
         self.register_to_config(
             text_slot=text_slot,
@@ -141,6 +156,7 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         _load_part(parts.vq, "vq", checkpoint["state_dict"], partial=recorded is not None, path=path)
         image_size = hp.get("image_size")
         latent = image_size // vq_downsampling(parts.vq) if image_size else None
+        lowlevel = load_model(path, "lowlevel", checkpoint).eval() if "lowlevel" in models else None
         return cls(
             FMRIConditionEncoder.from_aligner(aligner, checkpoint.get("fmri_preprocessing")).eval(),
             condition.eval(),
@@ -151,6 +167,7 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
             latent_size=latent,
             num_inference_steps=hp.get("sample_steps", 50),
             guidance_scale=hp.get("guidance_scale", 3.0),
+            lowlevel=lowlevel,
         )
 
     @property
@@ -158,6 +175,29 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         """Side of the images this pipeline makes."""
         latent = self.config.latent_size or self.unet.config.sample_size
         return latent * vq_downsampling(self.vqvae)
+
+    @torch.no_grad()
+    def lowlevel_image(self, fmri, subject: str | list[str] | None = None) -> torch.Tensor:
+        """The low-level image of each fMRI row, ``[b, 3, H, W]`` in [0, 1] at this pipeline's image size:
+        the init image of img2img (``pipe(fmri, subject, image=pipe.lowlevel_image(fmri, subject),
+        strength=s)``). ``fmri`` / ``subject`` as in :meth:`__call__`; only for a pipeline with a
+        ``lowlevel`` decoder (stage 3 trained with ``lowlevel: ridge``)."""
+        if self.lowlevel is None:
+            raise MissingLowLevelError(
+                "this pipeline has no low-level decoder: train stage 3 with model.init_args.lowlevel: ridge"
+            )
+        fmri = torch.as_tensor(fmri, dtype=torch.float32)
+        fmri = fmri[None] if fmri.ndim == 1 else fmri
+        x, names = self.fmri_encoder.prepare(fmri.to(self.device), subject)
+        if names is None:
+            raise ValueError("the low-level decoder is per subject: pass subject= (a name, or one per row)")
+        images = self.lowlevel(
+            x.to(self.lowlevel.dtype), self.lowlevel.map.subject_indices(names).to(x.device)
+        )
+        size = self.image_size
+        if images.shape[-1] != size:
+            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+        return images.float().clamp(0, 1)
 
     def encode_fmri(
         self, fmri: torch.Tensor, subject: str | list[str] | None = None
@@ -177,6 +217,8 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         num_images_per_fmri: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
+        image: torch.Tensor | None = None,
+        strength: float = 1.0,
     ):
         """Reconstruct the images seen during ``fmri``.
 
@@ -192,9 +234,17 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
                 generator only, not on the rest of the batch).
             output_type: ``"pil"`` (a list of ``b * num_images_per_fmri`` images, row-major), ``"pt"``
                 (``[b, num_images_per_fmri, 3, H, W]`` in [0, 1]) or ``"np"`` (``b s H W 3``).
+            image / strength: image-to-image, diffusers' arguments: ``image [b, 3, H, W]`` in [0, 1] at this
+                pipeline's image size (:meth:`lowlevel_image` makes the low-level one), noised to
+                ``strength`` of the way and denoised by that last part of the DDIM steps; 1.0 ignores the
+                image (sampling from noise), 0.0 returns its VQ round trip.
         """
+        check_strength(strength)
         fmri = torch.as_tensor(fmri, dtype=torch.float32)
         fmri = fmri[None] if fmri.ndim == 1 else fmri
+        if image is not None:
+            image = torch.as_tensor(image, dtype=torch.float32).to(self.device)
+            check_init_images(image, len(fmri), self.image_size)
         images = sample_conditioned(
             *self.encode_fmri(fmri, subject),
             self.condition,
@@ -206,6 +256,8 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
             guidance=self.config.guidance_scale if guidance_scale is None else guidance_scale,
             generator=generator,
             latent_size=self.config.latent_size,
+            init_images=image,
+            strength=strength,
         )  # b s 3 H W
         if output_type == "pt":
             return images

@@ -3,8 +3,9 @@
 Beside every deep figure the pipeline puts this one (seconds on a CPU), fitted per subject on train with
 its penalty chosen on val, scored on test:
 
-* voxels -> the CLIP (stand-in) image embedding, scored by the same n-way identification as stage 2
-  (cosine against the test images' embeddings, both centred on the training mean, per subject);
+* voxels -> CLIP's image tokens in stage 2's own target space (the CLIP feature cache, centred on the
+  training means), its token 0 scored by stage 2's n-way identification: the very fit that stage 2's
+  ``linear_path: ridge`` starts from (:func:`~lightning_fcae.stages.linear_path.fit_linear_path`);
 * voxels -> pixels at the reconstructions' resolution: blurry images scored exactly like the
   reconstructions (MSE, PixCorr, SSIM, pair-wise, CLIP score and CLIP n-way identification).
 
@@ -19,101 +20,96 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .clip_features import IMAGE_EMBED, ClipFeatureLookup, ensure_clip_cache, train_means
 from .data.datamodule import NSDDataModule
 from .metrics.identification import n_way_top1
-from .metrics.image import PixCorr
-from .metrics.ridge import Ridge, best_alpha
 from .metrics.scoring import comparison_grid, subject_scores
 from .models.clip import FrozenClip
+from .models.linear_path import LowLevelDecoder, VoxelLinearMap
 from .reconstruct import summarise
+from .stages.linear_path import fit_linear_path, fit_lowlevel
 
-SPLITS = ("train", "val", "test")
 
-
-def _collect(data: NSDDataModule, clip: FrozenClip) -> dict[str, dict[int, dict[str, torch.Tensor]]]:
-    """``{split: {subject index: {fmri [n, V], image [n, 3, s, s] uint8, embed [n, D]}}}``."""
-    out: dict = {split: defaultdict(lambda: defaultdict(list)) for split in SPLITS}
+def _test_split(data: NSDDataModule, clip: FrozenClip) -> dict[int, dict[str, torch.Tensor]]:
+    """``{subject index: {fmri [n, V], image [n, 3, s, s] uint8, embed [n, D]}}`` of the test split, with
+    the CLIP embeddings its reconstructions are scored against."""
+    out: dict = defaultdict(lambda: defaultdict(list))
     with torch.no_grad():
-        for split in SPLITS:
-            for batch in data.eval_dataloader(split):
-                embed = clip.image_embed(batch["image"].float() / 255)
-                for subject in batch["subject"].unique().tolist():
-                    rows = batch["subject"] == subject
-                    part = out[split][subject]
-                    part["fmri"].append(batch["fmri"][rows])
-                    part["image"].append(batch["image"][rows])
-                    part["embed"].append(embed[rows])
-    return {
-        split: {s: {k: torch.cat(v) for k, v in parts.items()} for s, parts in subjects.items()}
-        for split, subjects in out.items()
-    }
+        for batch in data.eval_dataloader("test"):
+            embed = clip.image_embed(batch["image"].float() / 255)
+            for subject in batch["subject"].unique().tolist():
+                rows = batch["subject"] == subject
+                for key, value in (("fmri", batch["fmri"]), ("image", batch["image"]), ("embed", embed)):
+                    out[subject][key].append(value[rows])
+    return {s: {k: torch.cat(v) for k, v in parts.items()} for s, parts in out.items()}
 
 
-def _identify(pred: np.ndarray, target: torch.Tensor, mean: torch.Tensor, n_way: int) -> float:
-    """n-way top-1 of predicted embeddings among the (centred) target embeddings, by cosine."""
-    p = F.normalize(torch.from_numpy(pred).float() - mean, dim=-1)
-    t = F.normalize(target.float() - mean, dim=-1)
-    return n_way_top1(p @ t.T, torch.arange(len(t)), n_way).item()
-
-
-def _images(pixels: np.ndarray, shape: torch.Size) -> torch.Tensor:
-    """Predicted pixels ``[n, 3 * s * s]`` -> images ``[n, 3, s, s]`` in [0, 1]."""
-    return torch.from_numpy(pixels).float().clamp(0, 1).reshape(-1, *shape)
-
-
-def _pixcorr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    metric = PixCorr()
-    metric.update(pred, target)
-    return metric.compute().item()
+def stage2_identification(
+    data_dir: str, clip_model: str, clip_pretrained: str | None, n_way: int, rank: int, subjects=None
+) -> dict[str, dict[str, float]]:
+    """Per subject, test ``{"top1_<n>way"}`` of the ridge from voxels to CLIP's tokens in stage 2's target
+    space (2 and ``n_way`` ways): the linear path stage 2 starts from, fitted the same way."""
+    data = NSDDataModule(data_dir, subjects=subjects, batch_size=256, num_workers=0, with_images=False)
+    cache = ensure_clip_cache(data_dir, clip_model, clip_pretrained)
+    data.stream_image_features(ClipFeatureLookup(cache))
+    means = train_means(cache)
+    tokens, dim = means["image_tokens"].shape
+    path = VoxelLinearMap(list(data.subjects), data.num_voxels, rank, [tokens, dim])
+    fit_linear_path(path, data, means["image_tokens"], means["image_embed"], n_way)
+    predicted: dict = defaultdict(list)
+    targets: dict = defaultdict(list)
+    with torch.no_grad():
+        for batch in data.eval_dataloader("test"):
+            token0 = path(batch["fmri"], batch["subject"])[:, 0]
+            for s in batch["subject"].unique().tolist():
+                rows = batch["subject"] == s
+                predicted[s].append(token0[rows])
+                targets[s].append(batch[IMAGE_EMBED][rows] - means["image_embed"])
+    scores = {}
+    for s, name in enumerate(data.subjects):
+        p, t = F.normalize(torch.cat(predicted[s]), dim=-1), F.normalize(torch.cat(targets[s]), dim=-1)
+        scores[name] = {
+            f"top1_{n}way": n_way_top1(p @ t.T, torch.arange(len(t)), n).item()
+            for n in sorted({2, n_way})
+            if n <= len(t)
+        }
+    return scores
 
 
 def ridge_yardstick(
-    data_dir: str, clip: FrozenClip, image_size: int, n_way: int = 50, subjects: list[str] | None = None
+    data_dir: str,
+    clip: FrozenClip,
+    image_size: int,
+    n_way: int = 50,
+    subjects: list[str] | None = None,
+    rank: int = 128,
+    pixel_rank: int = 256,
 ) -> dict:
     """Per-subject ridge decoders; returns ``{"identification", "identification_per_subject", "recon",
-    "grid"}``: identification as stage 2's test figures (mean over subjects), ``recon`` shaped like
-    ``lightning-fcae reconstruct``'s metrics, ``grid`` test images beside their ridge images."""
+    "grid"}``: identification as stage 2's test figures (mean over subjects; ``rank``: the principal
+    directions of CLIP's tokens, as stage 2's ``linear_rank``), ``recon`` shaped like ``lightning-fcae
+    reconstruct``'s metrics (``pixel_rank``: the principal directions of the images, as stage 3's
+    ``lowlevel_rank``: its images are those ``lowlevel: ridge`` starts img2img from), ``grid`` test
+    images beside their ridge images."""
+    identification = stage2_identification(data_dir, clip.model_name, clip.pretrained, n_way, rank, subjects)
+    # voxels -> pixels at the reconstructions' size, penalty by val PixCorr: the low-level decoder's fit
     data = NSDDataModule(data_dir, subjects=subjects, batch_size=256, num_workers=0, image_size=image_size)
-    splits = _collect(data, clip)
-    names = list(data.subjects)
-    identification: dict[str, dict[str, float]] = {}
+    pixels = LowLevelDecoder(list(data.subjects), data.num_voxels, pixel_rank, image_size)
+    fit_lowlevel(pixels.map, data)
+    test = _test_split(data, clip)
     recon: dict[str, dict] = {}
     counts: dict[str, int] = {}
     grid = None
-    for index, name in enumerate(names):
-        train, val, test = (splits[split][index] for split in SPLITS)
-        ridge = Ridge(train["fmri"].double().numpy())
-        val_x, test_x = (
-            ridge.project(val["fmri"].double().numpy()),
-            ridge.project(test["fmri"].double().numpy()),
-        )
-        mean = train["embed"].float().mean(0)
-
-        # voxels -> CLIP image embedding, penalty by val identification (at most n_way ways)
-        fit = ridge.fit(train["embed"].double().numpy())
-        val_ways = min(n_way, len(val["embed"]))
-        scores = [_identify(ridge.predict(val_x, fit, a), val["embed"], mean, val_ways) for a in ridge.alphas]
-        pred = ridge.predict(test_x, fit, best_alpha(scores, ridge.alphas))
-        identification[name] = {
-            f"top1_{n}way": _identify(pred, test["embed"], mean, n)
-            for n in sorted({2, n_way})
-            if n <= len(pred)
-        }
-
-        # voxels -> pixels, penalty by val PixCorr; scored as reconstructions
-        pixels = train["image"].flatten(1).double().numpy() / 255
-        fit = ridge.fit(pixels)
-        shape = train["image"].shape[1:]
-        val_truth = val["image"].float() / 255
-        scores = [_pixcorr(_images(ridge.predict(val_x, fit, a), shape), val_truth) for a in ridge.alphas]
-        pred = _images(ridge.predict(test_x, fit, best_alpha(scores, ridge.alphas)), shape)
-        pred = (pred * 255).round().to(torch.uint8)
+    for index, name in enumerate(data.subjects):
+        part = test[index]
         with torch.no_grad():
-            embeds = clip.image_embed(pred.float() / 255), test["embed"]
-        recon[name] = subject_scores(pred, test["image"], embeds, n_way)
+            pred = pixels(part["fmri"], torch.full((len(part["fmri"]),), index))
+            pred = (pred * 255).round().to(torch.uint8)
+            embeds = clip.image_embed(pred.float() / 255), part["embed"]
+        recon[name] = subject_scores(pred, part["image"], embeds, n_way)
         counts[name] = len(pred)
         if grid is None:
-            grid = comparison_grid(test["image"][:16].float() / 255, pred[:16, None].float() / 255)
+            grid = comparison_grid(part["image"][:16].float() / 255, pred[:16, None].float() / 255)
     ways = dict.fromkeys(k for scores in identification.values() for k in scores)
     mean = {k: float(np.mean([s[k] for s in identification.values() if k in s])) for k in ways}
     meta = {"data_dir": data_dir, "split": "test", "subjects": counts, "images": sum(counts.values())}

@@ -87,7 +87,7 @@ def test_linear_path_is_refused_without_a_val_split(tmp_path):
     root = write_toy_dataset(tmp_path / "no_val", n_val=0)
     dm = _data(root)
     module = FCAEAlign(dm.num_voxels, linear_path="ridge", **CLIP)
-    with pytest.raises(LinearPathError, match="no val split: use linear_path: none"):
+    with pytest.raises(LinearPathError, match="has no val split: set linear_path: none"):
         _trainer(tmp_path, max_steps=0, limit_val_batches=0).fit(module, dm)
 
 

@@ -15,7 +15,7 @@ the mask is chosen on the fMRI side, where it exists in stage 1). Token 0 lands 
 image embedding, which lives in CLIP's joint image-text space: it is the fMRI embedding used for the
 text contrastive loss and for n-way identification.
 
-Beyond the paper, an aligner may hold a per-subject linear path from voxels (:class:`VoxelLinearPath`,
+Beyond the paper, an aligner may hold a per-subject linear path from voxels (:class:`VoxelLinearMap`,
 ``linear_path: ridge`` in stage 2): its tokens and the deep ones are summed, and the deep path's last
 layers start at zero, so an aligner whose linear path was just set to the ridge predicts what the ridge
 predicts and trains from there.
@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from .fcae import FCAE, LatentContextRegressor
-from .linear_path import VoxelLinearPath
+from .linear_path import VoxelLinearMap
 from .mae import MAE
 from .sizes import EncoderConfig, RegressorConfig
 from .vit import FMRIEncoder, random_masking
@@ -89,7 +89,7 @@ class FMRIAligner(nn.Module):
         clip_tokens: int,
         clip_dim: int,
         embed_rank: int = 8,
-        linear: VoxelLinearPath | None = None,
+        linear: VoxelLinearMap | None = None,
     ):
         super().__init__()
         self.encoder, self.regressor = encoder, regressor
@@ -97,17 +97,12 @@ class FMRIAligner(nn.Module):
         self.mapper = TokenMapper(encoder.num_patches, encoder.embed_dim, clip_tokens, clip_dim, embed_rank)
         self.linear = linear
 
-    def add_linear_path(self, subjects: list[str], rank: int) -> VoxelLinearPath:
+    def add_linear_path(self, subjects: list[str], rank: int) -> VoxelLinearMap:
         """Attach a zero linear path for ``subjects`` and zero the deep path's output layers: the aligner
-        then predicts whatever the linear path is set to (:meth:`VoxelLinearPath.set_subject`)."""
+        then predicts whatever the linear path is set to (:meth:`VoxelLinearMap.set_subject`)."""
         args = self.mapper_args
-        self.linear = VoxelLinearPath(
-            subjects,
-            self.encoder.num_patches * self.encoder.patch_size,
-            rank,
-            args["clip_tokens"],
-            args["clip_dim"],
-        )
+        voxels = self.encoder.num_patches * self.encoder.patch_size
+        self.linear = VoxelLinearMap(subjects, voxels, rank, [args["clip_tokens"], args["clip_dim"]])
         self.mapper.zero_output()
         return self.linear
 
@@ -134,7 +129,7 @@ class FMRIAligner(nn.Module):
             regressor = LatentContextRegressor(
                 reg["num_patches"], reg["dim"], config, reg["mlp_ratio"], False
             )
-        linear = VoxelLinearPath(**args["linear"]) if args.get("linear") else None
+        linear = VoxelLinearMap(**args["linear"]) if args.get("linear") else None
         return cls(encoder, regressor, args["clip_tokens"], args["clip_dim"], args["embed_rank"], linear)
 
     @classmethod

@@ -6,6 +6,7 @@ trained, its class and the arguments that rebuild it (nanoGPT's ``model_args``; 
     checkpoint["models"] = {"model": {"class": "FCAE", "args": {...}}}                 stage 1
                            {"aligner": {"class": "FMRIAligner", "args": {...}}}        stage 2
                            {"aligner": ..., "conditioner": {"class": "ClipCondition"}} stage 3
+                           (+ "lowlevel": {"class": "LowLevelDecoder"} with ``lowlevel: ridge``)
 
 The key is the model's attribute in its LightningModule, so its weights are the ``state_dict`` entries
 under ``"<key>."``. Loading is strict: a weight missing or left over is an error, never a silent
@@ -25,6 +26,7 @@ from .checkpoints import check_checkpoint
 from .condition import ClipCondition
 from .dcmae import DCMAE, ImageGuidance
 from .fcae import FCAE
+from .linear_path import LowLevelDecoder
 from .mae import MAE
 from .sizes import config_objects
 from .vit import FMRIEncoder
@@ -51,6 +53,7 @@ BUILDERS = {
     "DCMAE": _dcmae,
     "FMRIAligner": FMRIAligner.from_model_args,
     "ClipCondition": lambda args: ClipCondition(**args),
+    "LowLevelDecoder": lambda args: LowLevelDecoder(**args),
 }
 
 
@@ -59,7 +62,9 @@ def model_entry(model: nn.Module) -> dict:
     name = type(model).__name__
     if name not in BUILDERS:
         raise TypeError(f"{name} is not a model the factory rebuilds ({', '.join(BUILDERS)})")
-    if isinstance(model, ClipCondition):  # a diffusers ConfigMixin: its config is its arguments
+    if isinstance(
+        model, ClipCondition | LowLevelDecoder
+    ):  # diffusers ConfigMixins: their config is their args
         return {"class": name, "args": {k: v for k, v in model.config.items() if not k.startswith("_")}}
     return {"class": name, "args": model.model_args}
 

@@ -67,23 +67,24 @@ class FMRIConditionEncoder(ModelMixin, ConfigMixin):
         mean, std = getattr(self.norm, f"{subject}_mean"), getattr(self.norm, f"{subject}_std")
         return F.pad((fmri.to(mean) - mean) / std, (0, self.num_voxels - fmri.shape[-1]))
 
-    def forward(self, fmri: torch.Tensor, subject: str | list[str] | None = None) -> torch.Tensor:
-        """``[b, n]`` fMRI -> CLIP-space tokens ``[b, T, D]`` (all patches visible).
+    def prepare(
+        self, fmri: torch.Tensor, subject: str | list[str] | None
+    ) -> tuple[torch.Tensor, list[str] | None]:
+        """``fmri`` -> (``[b, V]`` z-scored and padded, each row's subject name or None).
 
         ``subject``: a name (raw voxels of that subject, z-scored here), or a list of one name per row
         (fMRI z-scored and padded already, as the DataModule delivers it: rows may mix subjects), or None
-        (z-scored and padded already; not for an encoder with a per-subject linear path)."""
-        names = None
+        (z-scored and padded already, subjects unknown)."""
         if isinstance(subject, str):
-            names = [subject] * len(fmri)
-            fmri = self.preprocess(fmri, subject)
-        elif subject is not None:
-            names = list(subject)
-            if len(names) != len(fmri):
-                raise ValueError(f"{len(names)} subject names for {len(fmri)} fMRI rows")
-            fmri = self.preprocess(fmri, None)
-        else:
-            fmri = self.preprocess(fmri, None)
+            return self.preprocess(fmri, subject), [subject] * len(fmri)
+        if subject is not None and len(subject) != len(fmri):
+            raise ValueError(f"{len(subject)} subject names for {len(fmri)} fMRI rows")
+        return self.preprocess(fmri, None), None if subject is None else list(subject)
+
+    def forward(self, fmri: torch.Tensor, subject: str | list[str] | None = None) -> torch.Tensor:
+        """``[b, n]`` fMRI -> CLIP-space tokens ``[b, T, D]`` (all patches visible); ``subject`` as in
+        :meth:`prepare` (None is refused by an encoder with a per-subject linear path)."""
+        fmri, names = self.prepare(fmri, subject)
         rows = None
         if self.aligner.linear is not None:
             if names is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +39,12 @@ from ..models.ldm import (
     to_model_range,
     vq_downsampling,
 )
+from ..models.linear_path import LowLevelDecoder
 from ..models.sizes import model_size
 from ..models.vit import FMRIEncoder
 from ..sampling import sample_conditioned
 from .chain import STAGE2_WRITER, require_checkpoint
+from .linear_path import LinearPathError, fit_lowlevel
 from .optim import adamw_warmup_cosine
 from .pretrain import ModelSize
 from .records import RecordsModels
@@ -170,6 +173,11 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         lr / min_lr / warmup_fraction / weight_decay: AdamW; min_lr None keeps lr constant (MinD-Vis).
         image_size: resize images to this side before the VQ (None: as the DataModule delivers them).
         sample_steps / guidance_scale: defaults of :meth:`reconstruct` and ``predict_step``.
+        lowlevel: ``ridge`` fits, when a fit starts, the ridge yardstick's voxels -> pixels map per subject
+            (train, penalty by val PixCorr) and keeps it in the checkpoint (:class:`LowLevelDecoder`, not
+            trained): the image ``reconstruct --init lowlevel`` starts img2img from. Beyond the paper.
+        lowlevel_rank / lowlevel_size: its principal directions of the training images, and its image side
+            (None: the reconstructions' side, at most 64; img2img resizes it to the LDM's).
     """
 
     def __init__(
@@ -191,6 +199,9 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         image_size: int | None = None,
         sample_steps: int = 250,
         guidance_scale: float = 3.0,
+        lowlevel: Literal["none", "ridge"] = "none",
+        lowlevel_rank: int = 256,
+        lowlevel_size: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -224,8 +235,9 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         self.noise_scheduler = ldm.scheduler
         # data subject index -> linear-path subject index (set in setup when the aligner has a linear path)
         self.register_buffer("subject_rows", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.lowlevel: LowLevelDecoder | None = None  # built in setup (lowlevel: ridge)
 
-    recorded_models = ("aligner", "conditioner")
+    recorded_models = ("aligner", "conditioner", "lowlevel")
 
     def frozen_keys(self) -> set[str]:
         """State-dict keys of the frozen UNet and VQ weights (those a checkpoint leaves to the LDM folder)."""
@@ -272,6 +284,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resuming: the frozen weights come from the LDM folder this module was built from, which must
         be the one the checkpoint was trained on."""
+        self.on_load_checkpoint_lowlevel(checkpoint)
         recorded = checkpoint.get("ldm")
         if recorded is None:
             return
@@ -297,10 +310,30 @@ class LDMFinetune(RecordsModels, RankSeededModule):
 
     def setup(self, stage: str) -> None:
         """A stage-2 aligner with a linear path reads each row's subject: map the data's subject indices
-        onto the path's (by name: the data may hold fewer subjects, in another order)."""
+        onto the path's (by name: the data may hold fewer subjects, in another order). With ``lowlevel:
+        ridge``, build the low-level decoder for the data's subjects and fit it when a fit starts afresh
+        (a resumed or tested checkpoint brings its own)."""
         data = self.trainer.datamodule
         if self.aligner.linear is not None and data is not None and hasattr(data, "subjects"):
             self.subject_rows = self.aligner.linear.subject_indices(list(data.subjects)).to(self.device)
+        if self.hparams.lowlevel == "ridge" and self.lowlevel is None:
+            if data is None or not hasattr(data, "subjects"):
+                raise LinearPathError("lowlevel: ridge fits on the trainer's NSDDataModule; there is none")
+            size = self.hparams.lowlevel_size or min(self.hparams.image_size or data.image_size, 64)
+            self.lowlevel = LowLevelDecoder(
+                list(data.subjects), self.hparams.num_voxels, self.hparams.lowlevel_rank, size
+            )
+            self.lowlevel.requires_grad_(False)
+            if stage == "fit" and self.trainer.ckpt_path is None:
+                pixcorr = fit_lowlevel(self.lowlevel.map, data)
+                rank_zero_info(f"low-level decoder (ridge voxels -> {size} px): val PixCorr {pixcorr:.3f}")
+            self.lowlevel.to(self.device)
+
+    def on_load_checkpoint_lowlevel(self, checkpoint: dict) -> None:
+        """``load_from_checkpoint`` runs no ``setup``: build the recorded low-level decoder to load into."""
+        recorded = checkpoint.get("models", {}).get("lowlevel")
+        if recorded and self.lowlevel is None:
+            self.lowlevel = LowLevelDecoder(**recorded["args"]).requires_grad_(False)
 
     def subjects_of(self, subject: torch.Tensor | None) -> torch.Tensor | None:
         """The linear path's subject index of each row (``subject``: the DataModule's); None without a path."""

@@ -1,17 +1,19 @@
-"""Stage 2's linear path set to the ridge yardstick: fitted on train, penalty chosen on val (``linear_path:
-ridge``, beyond the paper; docs/method.md).
+"""Linear maps from voxels set to the ridge yardstick (beyond the paper; docs/method.md): stage 2's linear
+path to CLIP's tokens (``linear_path: ridge``) and stage 3's low-level decoder to pixels (``lowlevel:
+ridge``), each fitted on train with its penalty chosen on val, per subject.
 
-The fit reads the stage's own batches (z-scored, padded voxels with the cached CLIP tokens, centred as
-stage 2 centres them), so what the linear path predicts at step 0 is what the ridge predicts in stage 2's
-own target space, and the val score that chose the penalty is the one stage 2's validation would log for
-it. Per subject: a ridge from its voxels to the leading principal directions of the training tokens
-(:func:`~lightning_fcae.metrics.ridge.principal_directions`), penalty by val n-way identification of the
-decoded token 0, the fMRI embedding.
+A fit reads the stage's own batches (z-scored, padded voxels; stage 2's centred CLIP tokens, stage 3's
+images), so a map predicts what the ridge predicts in the stage's own target space, and the val score
+that chose the penalty is the one the stage's validation would log for it. Each subject's ridge maps to
+the leading principal directions of all training targets (:func:`~lightning_fcae.metrics.ridge.
+principal_directions`, shared by the subjects) with :func:`~lightning_fcae.metrics.ridge.fit_ridge_map`,
+the yardstick's fit.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,27 +23,66 @@ from tqdm import tqdm
 
 from ..clip_features import IMAGE_EMBED, IMAGE_TOKENS
 from ..metrics.identification import n_way_top1
+from ..metrics.image import PixCorr
 from ..metrics.ridge import fit_ridge_map, principal_directions
-from ..models.linear_path import VoxelLinearPath
+from ..models.linear_path import VoxelLinearMap
+
+Split = dict[int, dict[str, np.ndarray]]  # subject index -> {"fmri" [n, V], "target" [n, K], ...}
 
 
 class LinearPathError(ValueError):
-    """The data cannot fit a linear path (no train or val split, too few samples)."""
+    """The data cannot fit a map from voxels (no train or val split, too few samples of a subject)."""
 
 
-def _collect(data, split: str, token_mean: torch.Tensor, embed_mean: torch.Tensor) -> dict:
-    """``{subject index: {fmri [n, V] float32, tokens [n, T*D] float32, embed [n, D]}}``, centred targets."""
+def collect(data, split: str, fields: Callable[[dict], dict[str, torch.Tensor]], option: str) -> Split:
+    """Per subject, the split's ``fmri`` and ``fields(batch)`` (each ``[b, ...]``, flattened), every sample
+    on every rank (a closed-form fit that each rank makes alike)."""
+    if split not in data.manifest.splits or data.num_samples(split) == 0:
+        raise LinearPathError(
+            f"{option} is fitted on the train split with its penalty chosen on val; {data.data_dir} has no "
+            f"{split} split: set {option.split(':')[0]}: none"
+        )
     parts: dict = defaultdict(lambda: defaultdict(list))
-    loader = data.eval_dataloader(split, every_rank_all=True)  # the same fit on every rank
-    for batch in tqdm(loader, desc=f"linear path: {split}", unit="batch", leave=False):
-        tokens = (batch[IMAGE_TOKENS].float() - token_mean).flatten(1)
-        embed = batch[IMAGE_EMBED].float() - embed_mean
+    for batch in tqdm(
+        data.eval_dataloader(split, every_rank_all=True), desc=f"{option}: {split}", leave=False
+    ):
+        values = {"fmri": batch["fmri"].float(), **fields(batch)}
         for s in batch["subject"].unique().tolist():
             rows = batch["subject"] == s
-            parts[s]["fmri"].append(batch["fmri"][rows].float())
-            parts[s]["tokens"].append(tokens[rows])
-            parts[s]["embed"].append(embed[rows])
+            for name, value in values.items():
+                parts[s][name].append(value[rows].flatten(1))
     return {s: {k: torch.cat(v).numpy() for k, v in p.items()} for s, p in parts.items()}
+
+
+def fit_map(
+    linear: VoxelLinearMap,
+    data,
+    train: Split,
+    val: Split,
+    score: Callable[[int, np.ndarray], float],
+    option: str,
+) -> dict[int, np.ndarray]:
+    """Set ``linear`` to per-subject ridges from voxels to the principal directions of ``train``'s
+    ``target``, each penalty by ``score(subject, decoded val predictions [m, K])`` (higher is better);
+    returns each subject's decoded val predictions."""
+    basis, mean = principal_directions(np.concatenate([p["target"] for p in train.values()]), linear.rank)
+    linear.set_basis(torch.from_numpy(basis), torch.from_numpy(mean))
+    predictions = {}
+    for s, name in enumerate(linear.subjects):
+        if s not in train or s not in val:
+            raise LinearPathError(f"{option} needs train and val samples of {name}; the data has none")
+        voxels = int(data.subjects[name])
+        train_x, val_x = (split[s]["fmri"][:, :voxels].astype(np.float64) for split in (train, val))
+        fitted = fit_ridge_map(
+            train_x,
+            (train[s]["target"] - mean) @ basis.T,
+            val_x,
+            lambda coefficients, s=s: score(s, coefficients @ basis + mean),
+        )
+        linear.set_subject(s, torch.from_numpy(fitted.weight), torch.from_numpy(fitted.bias))
+        predictions[s] = fitted.predict(val_x) @ basis + mean
+        rank_zero_info(f"{option} {name}: ridge penalty {fitted.alpha:.3g}, val score {fitted.val_score:.3f}")
+    return predictions
 
 
 def _identification(token0: np.ndarray, embed: np.ndarray, n_way: int) -> float:
@@ -53,63 +94,62 @@ def _identification(token0: np.ndarray, embed: np.ndarray, n_way: int) -> float:
 
 
 def fit_linear_path(
-    path: VoxelLinearPath,
-    data,
-    token_mean: torch.Tensor,
-    embed_mean: torch.Tensor,
-    n_way: int,
+    path: VoxelLinearMap, data, token_mean: torch.Tensor, embed_mean: torch.Tensor, n_way: int
 ) -> dict[str, float]:
-    """Set ``path`` to the ridge of ``data`` (an NSDDataModule streaming the CLIP features) and return the
-    val scores it reaches, ``{"val/top1_<n>way": mean over subjects}`` for 2 and ``n_way`` ways, as stage
-    2's validation logs them: the score of the step-0 model that the stage's best checkpoint starts from."""
-    for split in ("train", "val"):
-        if split not in data.manifest.splits or data.num_samples(split) == 0:
+    """Set stage 2's ``path`` to the ridge of ``data`` (an NSDDataModule streaming the CLIP features) to the
+    centred CLIP tokens, penalty by val identification of token 0 (the fMRI embedding). Returns the val
+    scores it reaches, ``{"val/top1_<n>way": mean over subjects}`` for 2 and ``n_way`` ways, as stage 2's
+    validation logs them: the score of the step-0 model that the stage's best checkpoint starts from."""
+    option = "linear_path: ridge"
+    token_mean, embed_mean = token_mean.cpu(), embed_mean.cpu()
+
+    def fields(batch: dict) -> dict[str, torch.Tensor]:
+        return {
+            "target": batch[IMAGE_TOKENS].float() - token_mean,
+            "embed": batch[IMAGE_EMBED].float() - embed_mean,
+        }
+
+    train, val = collect(data, "train", fields, option), collect(data, "val", fields, option)
+    dim = token_mean.shape[-1]
+    for s, name in enumerate(path.subjects):
+        if s in val and len(val[s]["fmri"]) < 2:
             raise LinearPathError(
-                f"linear_path: ridge is fitted on the train split with its penalty chosen on val; "
-                f"{data.data_dir} has no {split} split: use linear_path: none"
+                f"{option} chooses its penalty on val; {name} has {len(val[s]['fmri'])} val sample"
             )
-    train = _collect(data, "train", token_mean.cpu(), embed_mean.cpu())
-    val = _collect(data, "val", token_mean.cpu(), embed_mean.cpu())
-    tokens, dim = token_mean.shape
-    basis, mean = principal_directions(
-        np.concatenate([p["tokens"] for p in train.values()]), path.bias.shape[1]
-    )
-    rank = len(basis)
-    path.set_basis(torch.zeros(path.basis.shape), torch.from_numpy(mean.reshape(tokens, dim)))
-    path.basis.data[:rank] = torch.from_numpy(basis)  # a rank-deficient target leaves the rest at zero
+
+    def score(s: int, tokens: np.ndarray) -> float:
+        return _identification(tokens[:, :dim], val[s]["embed"], min(n_way, len(tokens)))
+
+    predictions = fit_map(path, data, train, val, score, option)
     scores: dict[str, list[float]] = defaultdict(list)
-    names = path.subjects
-    for s, name in enumerate(names):
-        if s not in train or s not in val:
-            raise LinearPathError(
-                f"linear_path: ridge needs train and val samples of {name}; the data has none"
-            )
-        n_val = len(val[s]["fmri"])
-        ways = min(n_way, n_val)
-        if ways < 2:
-            raise LinearPathError(
-                f"linear_path: ridge chooses its penalty on val; {name} has {n_val} val sample(s)"
-            )
-        voxels = int(data.subjects[name])
-
-        def decode(coefficients: np.ndarray) -> np.ndarray:
-            return coefficients @ basis[:, :dim] + mean[:dim]  # token 0 only
-
-        fitted = fit_ridge_map(
-            train[s]["fmri"][:, :voxels].astype(np.float64),
-            (train[s]["tokens"] - mean) @ basis.T,
-            val[s]["fmri"][:, :voxels].astype(np.float64),
-            lambda pred, s=s, ways=ways: _identification(decode(pred), val[s]["embed"], ways),
-        )
-        weight = np.zeros((voxels, path.bias.shape[1]))
-        weight[:, :rank], bias = fitted.weight, np.zeros(path.bias.shape[1])
-        bias[:rank] = fitted.bias
-        path.set_subject(s, torch.from_numpy(weight), torch.from_numpy(bias))
-        prediction = decode(fitted.predict(val[s]["fmri"][:, :voxels].astype(np.float64)))
+    for s, tokens in predictions.items():
         for n in sorted({2, n_way}):
-            if n <= n_val:
-                scores[f"val/top1_{n}way"].append(_identification(prediction, val[s]["embed"], n))
-        rank_zero_info(
-            f"linear path {name}: ridge penalty {fitted.alpha:.3g}, val {ways}-way {fitted.val_score:.3f}"
-        )
+            if n <= len(tokens):
+                scores[f"val/top1_{n}way"].append(_identification(tokens[:, :dim], val[s]["embed"], n))
     return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def fit_lowlevel(linear: VoxelLinearMap, data) -> float:
+    """Set stage 3's low-level ``linear`` map to the ridge of ``data``'s images (``[3, s, s]`` in [0, 1],
+    ``s`` the map's size) on voxels, penalty by val PixCorr as the yardstick chooses it; returns that val
+    PixCorr, the mean over subjects."""
+    option = "lowlevel: ridge"
+    size = linear.out_shape[-1]
+
+    def fields(batch: dict) -> dict[str, torch.Tensor]:
+        images = batch["image"].float() / 255  # uint8 from the loader, not yet moved by the trainer
+        return {"target": F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)}
+
+    train, val = collect(data, "train", fields, option), collect(data, "val", fields, option)
+
+    def score(s: int, pixels: np.ndarray) -> float:
+        metric = PixCorr()
+        shape = (-1, 3, size, size)
+        metric.update(
+            torch.from_numpy(pixels).float().clamp(0, 1).view(shape),
+            torch.from_numpy(val[s]["target"]).view(shape),
+        )
+        return metric.compute().item()
+
+    predictions = fit_map(linear, data, train, val, score, option)
+    return float(np.mean([score(s, pixels) for s, pixels in predictions.items()]))
