@@ -29,6 +29,7 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -62,17 +63,33 @@ class Method:
     label: str
     stage1_config: str  # file name under the configs folder
     encoder: str
-    align: dict | None  # FCAEAlign init args (use_image / use_text); None skips stage 2
+    align: dict | None  # FCAEAlign init args (use_image / use_text, our options); None skips stage 2
     image_phase: str | None = None  # a second stage-1 run on cached CLIP image tokens (vis-dec)
     tables: tuple[str, ...] = ("table2", "table3")
+    stage3: dict = field(default_factory=dict)  # LDMFinetune init args beyond the config (ours: lowlevel)
+    init: str = "noise"  # reconstructions start from noise (the paper) or img2img from the low-level image
 
 
 FULL = {"use_image": True, "use_text": True}
+# Ours (beyond the paper; each option chosen on val, docs/method.md): stage 2 starts as the ridge yardstick
+# (linear_path: ridge; best.ckpt keeps training only where it beats that start on val), stage 3 keeps the
+# yardstick's voxels -> pixels map, and reconstructions start img2img from its image at a strength chosen
+# on val.
+OURS_ALIGN = {**FULL, "linear_path": "ridge", "linear_lr": 1.0e-5}
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # img2img strengths tried on val (1.0: from noise, as the paper)
 # Table 3's top-1 is n-way identification of the reconstructions (its F rows have no stage 2, so a score
 # on the reconstructions is the one every row has): every method runs stage 3. Table 3's full fCAE row
 # is `fcae` and its MAE-F row is `mindvis`: the same chains, run once when both tables share a folder.
 METHODS: dict[str, Method] = {
-    "fcae": Method("fCAE (ours), F+I+T", "stage1_fcae.yaml", "fCAE", FULL),
+    "fcae": Method("fCAE, the paper's recipe (F+I+T)", "stage1_fcae.yaml", "fCAE", FULL),
+    "ours": Method(
+        "Ours: fCAE + ridge linear path + img2img (F+I+T)",
+        "stage1_fcae.yaml",
+        "fCAE",
+        OURS_ALIGN,
+        stage3={"lowlevel": "ridge"},
+        init="lowlevel",
+    ),
     "mindvis": Method("MinD-Vis (MAE), F", "stage1_mae.yaml", "MAE", None),
     "visdec": Method(
         "vis-dec (DC-MAE)", "stage1_dcmae.yaml", "DC-MAE", None, "stage1_dcmae_image.yaml", ("table2",)
@@ -110,6 +127,7 @@ class MethodRun:
     last: Path | None = None  # the checkpoint its latest fit wrote: the encoder (then stage 3) the next reads
     extra: dict = field(default_factory=dict)  # the config its latest fit added to its stage config
     identification: dict | None = None  # stage 2's test
+    strength: float | None = None  # img2img's strength chosen on val (None: from noise)
     recon: dict | None = None  # the reconstruction's metrics
 
 
@@ -230,6 +248,10 @@ class Pipeline:
         config = deep_merge(config, extra)
         return run_paths(config, stage_dir, f"{self.out.name}-{stage_dir.parent.name}-{stage_dir.name}")
 
+    def stage_name(self, stage_dir: Path) -> str:
+        """A stage's folder as the console names it: relative to the run folder (its own name outside it)."""
+        return str(stage_dir.relative_to(self.out)) if stage_dir.is_relative_to(self.out) else stage_dir.name
+
     def fit(
         self,
         stage: str,
@@ -249,9 +271,10 @@ class Pipeline:
         resume = resume_point(last.parent)
         if resume is not None:  # an interrupted fit left it; a finished one is skipped in run()
             if not zipfile.is_zipfile(resume):  # torch's format is a zip: a cut-off file has no directory
+                name = self.stage_name(stage_dir)
                 raise PlanError(
-                    f"{resume}, where {stage_dir.name} would resume, is damaged (cut off by a crash while it "
-                    f"was written?); delete {last.parent} to rerun {stage_dir.name} from its start"
+                    f"{resume}, where {name} would resume, is damaged (cut off by a crash while it "
+                    f"was written?); delete {last.parent} to rerun {name} from its start"
                 )
             args += ["--ckpt_path", str(resume)]
             if not self.dry_run:
@@ -259,7 +282,7 @@ class Pipeline:
         self.run(stage_dir, config, args, exports=exports)
         if not self.dry_run and not last.exists():  # the next stage reads it: say so here, not there
             raise PlanError(
-                f"{stage_dir.name} finished without writing {last}: its config's checkpoint callback must "
+                f"{self.stage_name(stage_dir)} finished without writing {last}: its config's checkpoint callback must "
                 "keep a last checkpoint (StageCheckpoint does); fix the config and delete "
                 f"{stage_dir} to rerun it"
             )
@@ -273,14 +296,16 @@ class Pipeline:
         args: list[str],
         config_name: str = "run.yaml",
         exports: tuple[Path, ...] = (),
+        task: str | None = None,
     ) -> None:
         """Run one command in ``stage_dir`` unless it finished before with this very config and left its
         ``exports``. A stage that finished (or started, for a resumable fit) with another config is a
         :class:`PlanError`: skipping it would report stale results, re-running it would leave later
         stages stale. A finished stage whose export is missing runs again: resumed at its end, the fit
-        only exports."""
+        only exports. ``task``: the progress task this command is a part of (its caller marks it done)."""
         done = stage_dir / f"done-{args[0]}.json"
-        task = self.task_key(stage_dir, args[0])
+        part_of = task
+        task = task or self.task_key(stage_dir, args[0])
         label = f"{self.progress.line(task)} {stage_dir.relative_to(self.out)}"
         saved = stage_dir / config_name
         config = yaml.safe_load(yaml.safe_dump(config, sort_keys=False))  # as it reads back from disk
@@ -296,7 +321,8 @@ class Pipeline:
         missing = [path for path in exports if not path.exists()]
         if done.is_file() and not missing:
             print(f"{label}: done already, skipped", flush=True)
-            self.progress.finish(task, None)
+            if part_of is None:
+                self.progress.finish(task, None)
             return
         stage_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -317,7 +343,10 @@ class Pipeline:
             )
         seconds = time.monotonic() - start
         atomic.write_text(done, json.dumps({"seconds": round(seconds, 1), "command": command}))
-        self.progress.finish(task, seconds)
+        if part_of is None:
+            self.progress.finish(task, seconds)
+        else:
+            self.progress.ran_seconds += seconds  # the rate counts it; its task's work when that ends
 
     # --- the chain ---------------------------------------------------------------------------------
     def tasks(self, methods: list[str], seeds: list[int]) -> list[Task]:
@@ -336,7 +365,11 @@ class Pipeline:
         for seed in dict.fromkeys(seeds):
             for name in chosen_methods(methods):
                 method, root = METHODS[name], self.out / name / f"seed{seed}"
-                stages = [("stage1", method.stage1_config)]
+                # stage 1 depends on its config and seed only: methods that share them share one run
+                tasks.append(
+                    Task("fit", self.stage1_dir(method, seed), "stage1", method.stage1_config, name, seed)
+                )
+                stages = []
                 if method.image_phase is not None:
                     stages.append(("stage1_image", method.image_phase))
                 if method.align is not None:
@@ -345,8 +378,25 @@ class Pipeline:
                 for stage, config_file in stages:
                     commands = ("fit", "test") if stage == "stage2" else ("fit",)
                     tasks += [Task(c, root / stage, stage, config_file, name, seed) for c in commands]
+                if method.init == "lowlevel":  # img2img: its strength is chosen on val first
+                    tasks.append(Task("strength", root / "strength", method=name, seed=seed))
                 tasks.append(Task("reconstruct", root / "recon", method=name, seed=seed))
         return tasks
+
+    def link_stage1(self, task: Task) -> None:
+        """``OUT/<method>/seed<k>/stage1``: a relative link to the shared stage-1 run, so that a method's
+        folder still reads stage 1 -> 2 -> 3 (and survives the run folder being moved)."""
+        link = self.out / task.method / f"seed{task.seed}" / "stage1"
+        if link.is_symlink() or link.exists():
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(task.stage_dir, link.parent), target_is_directory=True)
+
+    def stage1_dir(self, method: Method, seed: int) -> Path:
+        """``OUT/stage1/<config>/seed<k>``: one stage-1 run per config and seed, whichever methods read it
+        (``fcae``, ``ours`` and Table 3's fCAE rows share one, ``mindvis`` and ``mae_FI`` another); each
+        method's folder links to it as ``stage1``."""
+        return self.out / "stage1" / Path(method.stage1_config).stem / f"seed{seed}"
 
     def shared_task(self, stage: str) -> Task:
         """The fit of a stand-in (or of the checks' judge): once per run folder, into ``OUT/shared``."""
@@ -463,7 +513,7 @@ class Pipeline:
             print(f"{label}: done already, skipped", flush=True)
             self.progress.finish(key, None)
             return
-        print(f"{label}: ridge yardstick (voxels -> CLIP embedding, voxels -> pixels)", flush=True)
+        print(f"{label}: ridge yardstick (voxels -> CLIP tokens, voxels -> pixels)", flush=True)
         if self.dry_run:
             return
         start = time.monotonic()
@@ -504,10 +554,14 @@ class Pipeline:
         if task.command == "fit":
             run.extra = self.stage_inputs(task, run.last, clip, ldm)
             run.last = self.fit(task.stage, task.config_file, task.stage_dir, task.seed, run.extra)
+            if task.stage == "stage1":
+                self.link_stage1(task)
         elif task.command == "test":  # stage 2's, of the checkpoint its fit just wrote
             run.identification = self.test_identification(task.stage_dir, task.seed, run.extra, run.last)
+        elif task.command == "strength":  # img2img's strength, chosen on val
+            run.strength = self.choose_strength(run.last, task.stage_dir, task.seed, clip)
         elif task.command == "reconstruct":  # from the stage-3 checkpoint
-            run.recon = self.reconstruct(run.last, task.stage_dir, task.seed, clip)
+            run.recon = self.reconstruct(run.last, task.stage_dir, task.seed, clip, run.strength)
             return True
         else:
             raise ValueError(f"no runner for {task}")
@@ -525,7 +579,8 @@ class Pipeline:
         if task.stage == "stage2":
             return {"model": {"init_args": {"encoder_ckpt": str(encoder), **method.align, **clip_args}}}
         if task.stage == "stage3":
-            return {"model": {"init_args": {"pretrained_ldm": ldm, "encoder_ckpt": str(encoder)}}}
+            args = {"pretrained_ldm": ldm, "encoder_ckpt": str(encoder), **method.stage3}
+            return {"model": {"init_args": args}}
         raise ValueError(f"no inputs known for {task}")
 
     def summary(self, task: Task, run: MethodRun) -> dict:
@@ -548,6 +603,9 @@ class Pipeline:
             "params": None if self.dry_run else parameter_counts(root),
             "identification": run.identification,
             "recon": run.recon,
+            "init": method.init,
+            "strength": run.strength,  # img2img's, chosen on val (None: from noise)
+            "stage1": str(self.stage1_dir(method, task.seed).relative_to(self.out)),  # shared by methods
             "seconds": seconds,
         }
         if not self.dry_run:
@@ -566,16 +624,55 @@ class Pipeline:
         values = last_csv_values(metrics)
         return {k.removeprefix("test/"): v for k, v in values.items() if k.startswith("test/top1_")}
 
-    def reconstruct(self, checkpoint: Path, out: Path, seed: int, clip: tuple[str, str]) -> dict | None:
+    def reconstruct(
+        self,
+        checkpoint: Path,
+        out: Path,
+        seed: int,
+        clip: tuple[str, str],
+        strength: float | None = None,
+        split: str = "test",
+        task: str | None = None,
+    ) -> dict | None:
+        """``lightning-fcae reconstruct`` of ``split`` into ``out`` (img2img from the low-level image at
+        ``strength``; None: from noise); its metrics."""
         options = self.plan.get("reconstruct") or {}
         args = ["reconstruct", "--ckpt", str(checkpoint), "--data", self.data_dir, "--out", str(out)]
-        args += ["--seed", str(seed), "--clip-model", clip[0], "--clip-pretrained", clip[1]]
+        args += ["--seed", str(seed), "--clip-model", clip[0], "--clip-pretrained", clip[1], "--split", split]
+        if strength is not None:
+            args += ["--init", "lowlevel", "--strength", str(strength)]
         for key, value in options.items():
             flag = "--" + key.replace("_", "-")
             args += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
-        self.run(out, {"reconstruct": args}, args, config_name="command.yaml")
+        self.run(out, {"reconstruct": args}, args, config_name="command.yaml", task=task)
         metrics = out / "metrics.json"
         return json.loads(metrics.read_text()) if metrics.is_file() else None
+
+    def choose_strength(self, checkpoint: Path, out: Path, seed: int, clip: tuple[str, str]) -> float | None:
+        """img2img's strength, chosen on val (never on test): the val split reconstructed at each of
+        :data:`STRENGTHS` into ``out/<strength>``, scored by :func:`strength_score`; the choice and every
+        score in ``out/choice.json``."""
+        key = self.task_key(out, "strength")
+        path = out / "choice.json"
+        scores = {}
+        for strength in STRENGTHS:
+            metrics = self.reconstruct(checkpoint, out / f"{strength:g}", seed, clip, strength, "val", key)
+            if metrics is not None:
+                scores[strength] = strength_score(metrics)
+        if self.dry_run or not scores:
+            return STRENGTHS[len(STRENGTHS) // 2]
+        self.progress.finish(key, None)
+        self.progress.ran_work += self.progress.weights.get(key, 0.0)
+        best = max(scores, key=lambda s: (scores[s], s))  # ties: the higher strength (more of the LDM)
+        atomic.write_text(
+            path,
+            json.dumps({"strength": best, "val_scores": scores, "criterion": STRENGTH_CRITERION}, indent=2),
+        )
+        print(
+            f"{out.relative_to(self.out)}: img2img strength {best:g} chosen on val ({STRENGTH_CRITERION})",
+            flush=True,
+        )
+        return best
 
     # --- everything -------------------------------------------------------------------------------
     def __call__(self, methods: list[str], seeds: list[int]) -> list[dict]:
@@ -648,15 +745,19 @@ class Pipeline:
 
     def task_work(self, task: Task, samples: dict[str, int]) -> float:
         """The samples one task processes (see :meth:`planned_work`): the ridge one pass over the data, a
-        stage-2 test the test split, a reconstruction the test split times its sampling steps, a fit what
-        its stage config's budget trains on."""
+        stage-2 test the test split, a reconstruction the test split times its sampling steps (img2img's
+        choice of strength: the val split times the steps of every strength tried), a fit what its stage
+        config's budget trains on."""
         test = samples.get("test", 0)
         if task.command == "ridge":
             return float(sum(samples.values()))
         if task.command == "test":
             return float(test)
-        if task.command == "reconstruct":
-            return float(test * int((self.plan.get("reconstruct") or {}).get("steps", 50)))
+        steps = int((self.plan.get("reconstruct") or {}).get("steps", 50))
+        if task.command == "reconstruct":  # img2img runs part of the steps: counted whole, as planned
+            return float(test * steps)
+        if task.command == "strength":  # the val split at each strength, each running that part
+            return float(samples.get("val", 0) * steps * sum(STRENGTHS))
         config = deep_merge(
             load_stage_config(self.configs / task.config_file), self.overrides.get(task.stage, {})
         )
@@ -685,6 +786,16 @@ def parameter_counts(root: Path) -> dict[str, int]:
             count(part) for part in (pipe.fmri_encoder, pipe.condition, pipe.unet, pipe.vqvae)
         )
     return counts
+
+
+STRENGTH_CRITERION = "CLIP 2-way + PixCorr + SSIM on val, mean over subjects; PixCorr + SSIM without CLIP"
+
+
+def strength_score(metrics: dict) -> float:
+    """How good a val reconstruction is, for choosing img2img's strength: semantic (the CLIP stand-in's
+    2-way identification) and low-level (PixCorr, SSIM) fidelity in one sum, each of them 1 at best."""
+    raw = metrics["raw"]["mean"]
+    return float(raw.get("clip_2way", 0.0) + raw["pixcorr"] + raw["ssim"])
 
 
 def seed_value(text: str) -> int:

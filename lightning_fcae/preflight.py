@@ -479,5 +479,33 @@ def preflight(pipeline: Pipeline, methods: list[str], seeds: list[int]) -> Findi
     check_shapes(findings, configs, by_stage, clip, ldm, manifest)
     check_devices(findings, configs)
     if manifest is not None:
+        check_ridge_fits(findings, pipeline, methods, manifest)
         check_disk(findings, pipeline, fits, configs, manifest, ldm)
     return findings
+
+
+def check_ridge_fits(findings: Findings, pipeline: Pipeline, methods: list[str], manifest: Manifest) -> None:
+    """The options fitted as ridges from voxels (stage 2's ``linear_path: ridge``, stage 3's ``lowlevel:
+    ridge``: a method's own or the plan's) fit on train with their penalty chosen on val: data without both
+    splits is refused here, by option and method, not after stage 1 has trained."""
+    from .pipeline import METHODS
+
+    stages = pipeline.overrides
+    for name in methods:
+        method = METHODS[name]
+        options = []
+        stage2 = {**init_args(stages.get("stage2", {})), **(method.align or {})}
+        if method.align is not None and stage2.get("linear_path") == "ridge":
+            options.append("linear_path: ridge")
+        if {**init_args(stages.get("stage3", {})), **method.stage3}.get("lowlevel") == "ridge":
+            options.append("lowlevel: ridge")
+        missing = [
+            split
+            for split in ("train", "val")
+            if not manifest.splits.get(split) or not manifest.splits[split].samples
+        ]
+        if options and missing:
+            findings.problems.append(
+                f"method {name}: {' and '.join(options)} fit(s) on the train split with the penalty chosen on "
+                f"val; {pipeline.data_dir} has no {' or '.join(missing)} split: run the paper's recipe (fcae)"
+            )

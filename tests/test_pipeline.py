@@ -93,8 +93,8 @@ def test_run_yaml_is_the_whole_config_the_cli_runs(tmp_path, synthetic_tiny, cap
     assert paths[: len(shared["callbacks"])] == [c["class_path"] for c in shared["callbacks"]]
     assert written["logger"][0]["init_args"] == {
         **shared["logger"]["init_args"],
-        "name": "run-seed0-stage1",
-        "save_dir": str(run_yaml.parent),
+        "name": "run-stage1_fcae-seed0",
+        "save_dir": str(out / "stage1/stage1_fcae/seed0"),  # the shared run fcae/seed0/stage1 links to
     }
     capsys.readouterr()
     with pytest.raises(SystemExit):
@@ -110,17 +110,18 @@ def test_dry_run_chains_each_method(tmp_path, synthetic_tiny):
     plan = write_plan(tmp_path, tiny_plan(synthetic_tiny))
     assert main(["--plan", str(plan), "--out", str(out), "--dry-run", "--methods", *METHODS]) == 0
     stage1 = init_args(out / "fcae/seed0/stage2")["encoder_ckpt"]
-    assert stage1 == str(out / "fcae/seed0/stage1/checkpoints/last.ckpt")
+    assert stage1 == str(out / "stage1/stage1_fcae/seed0/checkpoints/last.ckpt")  # shared, linked:
+    assert (out / "fcae/seed0/stage1").resolve() == (out / "stage1/stage1_fcae/seed0").resolve()
     assert init_args(out / "fcae/seed0/stage3")["encoder_ckpt"] == str(
         out / "fcae/seed0/stage2/checkpoints/last.ckpt"
     )
     # MinD-Vis skips stage 2; vis-dec adds its image-guided phase between stage 1 and stage 3
     assert not (out / "mindvis/seed0/stage2").exists()
     assert init_args(out / "mindvis/seed0/stage3")["encoder_ckpt"] == str(
-        out / "mindvis/seed0/stage1/checkpoints/last.ckpt"
+        out / "stage1/stage1_mae/seed0/checkpoints/last.ckpt"
     )
     assert init_args(out / "visdec/seed0/stage1_image")["init_ckpt"] == str(
-        out / "visdec/seed0/stage1/checkpoints/last.ckpt"
+        out / "stage1/stage1_dcmae/seed0/checkpoints/last.ckpt"
     )
     assert init_args(out / "visdec/seed0/stage3")["encoder_ckpt"].endswith(
         "visdec/seed0/stage1_image/checkpoints/last.ckpt"
@@ -133,36 +134,38 @@ def test_dry_run_chains_each_method(tmp_path, synthetic_tiny):
     assert init_args(out / "mae_FI/seed0/stage3")["pretrained_ldm"] == str(out / "shared/ldm")
     for config in out.glob("**/run.yaml"):  # nothing is written outside the run folder
         trainer = yaml.safe_load(config.read_text())["trainer"]
-        assert trainer["default_root_dir"] == str(config.parent)
+        folder = config.parent.resolve()  # a method's stage1 is a link to the shared run
+        assert folder.is_relative_to(out.resolve()) and Path(trainer["default_root_dir"]).resolve() == folder
         dirpaths = [
             c["init_args"]["dirpath"] for c in trainer["callbacks"] if "dirpath" in c.get("init_args", {})
         ]
-        assert dirpaths == [str(config.parent / "checkpoints")]
+        assert {Path(p).resolve() for p in dirpaths} == {folder / "checkpoints"}  # last.ckpt (and best.ckpt)
 
 
 def test_an_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path, synthetic_tiny, capsys):
     out = tmp_path / "run"
     plan = write_plan(tmp_path, tiny_plan(synthetic_tiny))
-    last = out / "fcae/seed0/stage1/checkpoints/last.ckpt"
+    last = out / "stage1/stage1_fcae/seed0/checkpoints/last.ckpt"
     last.parent.mkdir(parents=True)
     torch.save({"epoch": 0}, last)  # what an interrupted fit leaves behind (no done-fit.json)
     assert main(["--plan", str(plan), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    stage1 = next(line for line in printed if "fcae/seed0/stage1:" in line)
+    stage1 = next(line for line in printed if "stage1/stage1_fcae/seed0:" in line)
     assert stage1.endswith(f"--ckpt_path {last}")
     assert not any("--ckpt_path" in line for line in printed if "stage2: lightning_fcae fit" in line)
     # one cut off mid-write is named with the fix, not a PytorchStreamReader error on every rerun
     last.write_bytes(last.read_bytes()[:-100])
     assert main(["--plan", str(plan), "--out", str(out), "--dry-run"]) == 2
     error = capsys.readouterr().err
-    assert f"{last}, where stage1 would resume, is damaged" in error and f"delete {last.parent}" in error
+    assert f"{last}, where stage1/stage1_fcae/seed0 would resume, is damaged" in error
+    assert f"delete {last.parent}" in error
 
 
 def test_a_kill_while_last_ckpt_was_relinked_resumes_from_the_newest_epoch(tmp_path, synthetic_tiny, capsys):
     """``save_last: link`` deletes the old epoch file before relinking last.ckpt: a kill in between leaves
     last.ckpt dangling, and the stage must resume from the new epoch file, not start over."""
     out = tmp_path / "run"
-    checkpoints = out / "fcae/seed0/stage1/checkpoints"
+    checkpoints = out / "stage1/stage1_fcae/seed0/checkpoints"
     checkpoints.mkdir(parents=True)
     for name in ("epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt"):
         torch.save({"epoch": 0}, checkpoints / name)
@@ -172,7 +175,9 @@ def test_a_kill_while_last_ckpt_was_relinked_resumes_from_the_newest_epoch(tmp_p
         main(["--plan", str(write_plan(tmp_path, tiny_plan(synthetic_tiny))), "--out", str(out), "--dry-run"])
         == 0
     )
-    stage1 = next(line for line in capsys.readouterr().out.splitlines() if "fcae/seed0/stage1:" in line)
+    stage1 = next(
+        line for line in capsys.readouterr().out.splitlines() if "stage1/stage1_fcae/seed0:" in line
+    )
     assert stage1.endswith(f"--ckpt_path {checkpoints / 'epoch=1-step=4.ckpt'}")
 
 
@@ -182,11 +187,11 @@ def test_a_stage_done_with_another_config_is_refused(tmp_path, synthetic_tiny, c
     out, plan = tmp_path / "run", tiny_plan(synthetic_tiny)
     argv = ["--plan", str(write_plan(tmp_path, plan)), "--out", str(out), "--dry-run"]
     assert main(argv) == 0
-    (out / "fcae/seed0/stage1/done-fit.json").write_text('{"seconds": 1}')
+    (out / "stage1/stage1_fcae/seed0/done-fit.json").write_text('{"seconds": 1}')
     (out / "fcae/seed0/recon/done-reconstruct.json").write_text('{"seconds": 1}')
     capsys.readouterr()
     assert main(argv) == 0  # the same plan: finished stages are skipped
-    assert "fcae/seed0/stage1: done already, skipped" in capsys.readouterr().out
+    assert "stage1/stage1_fcae/seed0: done already, skipped" in capsys.readouterr().out
     plan["reconstruct"]["steps"] = 3
     write_plan(tmp_path, plan)
     assert main(argv) == 2
@@ -195,7 +200,7 @@ def test_a_stage_done_with_another_config_is_refused(tmp_path, synthetic_tiny, c
     write_plan(tmp_path, plan)
     assert main(argv) == 2
     error = capsys.readouterr().err
-    assert "fcae/seed0/stage1 finished with another config (model.init_args.mask_ratio differ" in error
+    assert "stage1/stage1_fcae/seed0 finished with another config (model.init_args.mask_ratio differ" in error
     assert "use a new --out" in error
 
 
@@ -360,7 +365,7 @@ def test_progress_is_by_work_done_with_the_time_left(tmp_path, synthetic_tiny, c
     # FAST: 2 steps of batch 8 per fit; the test split (in samples) for the stage-2 test, x 2 DDIM steps
     # for the reconstruction
     test = json.loads((synthetic_tiny / "manifest.json").read_text())["splits"]["test"]["samples"]
-    assert work["fcae/seed0/stage1:fit"] == 16 and work["fcae/seed0/stage2:test"] == test
+    assert work["stage1/stage1_fcae/seed0:fit"] == 16 and work["fcae/seed0/stage2:test"] == test
     assert work["fcae/seed0/recon:reconstruct"] == 2 * test
 
 
@@ -378,15 +383,24 @@ def test_the_runner_runs_the_tasks_the_preflight_and_progress_were_given(tmp_pat
     for line in printed:
         folder = line.split("] ", 1)[1].split(": ", 1)[0]
         (word,) = [word for key, word in words.items() if key in line]
+        if "/strength/" in folder:  # img2img's choice: the val split reconstructed at each strength
+            folder, word = folder.rsplit("/", 1)[0], "strength"
+            if ran[-1] == (folder, word):
+                continue
         ran.append((folder, word))
     pipeline = Pipeline(yaml.safe_load(plan.read_text()), out, Path("configs"))
     tasks = pipeline.tasks(methods, seeds)
     assert ran == [(str(task.stage_dir.relative_to(out)), task.command) for task in tasks]
     fits = [(folder, "fit") for folder, word in ran if word == "fit"]
     assert fits == [(str(fit.stage_dir.relative_to(out)), "fit") for fit in pipeline.fits(methods, seeds)]
-    assert list(pipeline.planned_work(methods, seeds)) == [f"{folder}:{word}" for folder, word in ran]
-    # the stand-ins and the ridge; per seed 4 aligned methods x 5 tasks, 2 without stage 2 x 3, vis-dec 4
-    assert len(ran) == 3 + 1 + 2 * (4 * 5 + 2 * 3 + 4)
+    # each task counted once: a stage 1 that methods share is one task
+    planned = list(dict.fromkeys(f"{folder}:{word}" for folder, word in ran))
+    assert list(pipeline.planned_work(methods, seeds)) == planned
+    # the stand-ins and the ridge; per seed 3 stage-1 runs (fCAE, MAE, DC-MAE) shared by the 8 methods,
+    # then 5 aligned methods x 4 (stage 2 fit + test, stage 3, recon) and ours 1 more (its strength on
+    # val), 2 without stage 2 x 2, vis-dec 3; every method passes its stage 1 (5 of the 8 find it done)
+    assert len(planned) == 3 + 1 + 2 * (3 + 5 * 4 + 1 + 2 * 2 + 3)
+    assert len(ran) == len(planned) + 2 * 5
 
 
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, synthetic_tiny, capsys, monkeypatch):
