@@ -131,8 +131,6 @@ class MethodRun:
     recon: dict | None = None  # the reconstruction's metrics
 
 
-TABLE2_METHODS = ("fcae", "mindvis", "visdec")
-TABLE3_METHODS = ("fcae", "fcae_F", "fcae_FI", "fcae_FT", "mindvis", "mae_FI")
 STAGE_CONFIGS = {
     "clip_pretrain": "clip_pretrain.yaml",
     "ldm_vq": "ldm_pretrain.yaml",

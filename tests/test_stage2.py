@@ -220,3 +220,20 @@ def test_legacy_stage2_checkpoint_upgrades_to_the_same_aligner(toy_dataset, tmp_
     restored = load_fmri_aligner(path)
     assert all(torch.equal(v, module.aligner.state_dict()[k]) for k, v in restored.state_dict().items())
     assert upgrade(path) is None  # already upgraded
+
+
+def test_a_wrong_embedding_costs_as_much_as_every_patch_token_wrong():
+    """The image term weighs token 0, the fMRI embedding that identification, the text term and stage 3's
+    time embedding read, as much as all patch tokens together: with ViT-B/32's 50 tokens the plain mean gave
+    it 2% of the term (issue 22's diagnosis: on data whose patch tokens are hard to predict the embedding
+    barely trained). Hand-computed: a token pointing away from its target costs 1 - cos = 2."""
+    target = torch.randn(4, 50, 8)
+    pred = target.clone()
+    pred[:, 0] = -target[:, 0]  # only the embedding is wrong
+    assert token_cosine_loss(pred, target).item() == pytest.approx(0.5 * 2)
+    wrong_patches = -target
+    wrong_patches[:, 0] = target[:, 0]  # every patch token wrong, the embedding right
+    assert token_cosine_loss(wrong_patches, target).item() == pytest.approx(0.5 * 2)
+    assert token_cosine_loss(pred, target, embed_weight=None).item() == pytest.approx(2 / 50)  # the old mean
+    with pytest.raises(ValueError, match="embed_weight must be in"):
+        FCAEAlign(80, clip_tokens=5, clip_dim=12, embed_weight=1.5)

@@ -174,9 +174,18 @@ class FMRIAligner(nn.Module):
         return F.normalize(tokens[:, 0].float(), dim=-1)
 
 
-def token_cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 3: mean over tokens and samples of ``1 - cos(y, y_hat)`` (float32 under autocast)."""
-    return (1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean()
+def token_cosine_loss(
+    pred: torch.Tensor, target: torch.Tensor, embed_weight: float | None = 0.5
+) -> torch.Tensor:
+    """Paper eq. 3, ``1 - cos(y, y_hat)`` per token and sample (float32 under autocast), with token 0 (the
+    fMRI embedding) weighing ``embed_weight`` and the patch tokens sharing the rest; None: every token
+    alike, the plain mean (token 0 then weighs 1/T: 2% of the term with ViT-B/32's 50 tokens, so the
+    embedding that identification, the text term and stage 3's time embedding read barely trains when the
+    patch tokens are hard to predict; docs/method.md)."""
+    distance = 1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)  # b T
+    if embed_weight is None or distance.shape[1] == 1:
+        return distance.mean()
+    return embed_weight * distance[:, 0].mean() + (1 - embed_weight) * distance[:, 1:].mean()
 
 
 def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

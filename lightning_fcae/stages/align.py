@@ -47,6 +47,8 @@ class FCAEAlign(RecordsModels, RankSeededModule):
             from ``clip_model``'s architecture.
         embed_rank: per-patch width of the fMRI embedding's flattened readout (``TokenMapper``; 0: off).
         use_image / use_text: the cosine image-token loss and the text contrastive loss.
+        embed_weight: the share of token 0 (the fMRI embedding) in the cosine loss, the patch tokens sharing
+            the rest; None weighs every token alike (1/T each). See ``token_cosine_loss``.
         mask_ratio: patches masked in training (the regressor predicts them); evaluation sees all.
         lr / min_lr / warmup_fraction / weight_decay: AdamW, warmup + cosine (paper: 5e-4, 0.05).
         n_way: identification ways for ``val/top1_<n>way`` (MinD-Vis: 50); 2-way is logged too.
@@ -80,6 +82,7 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         embed_rank: int = 8,
         use_image: bool = True,
         use_text: bool = True,
+        embed_weight: float | None = 0.5,
         mask_ratio: float = 0.5,
         lr: float = 5e-4,
         min_lr: float = 1e-5,
@@ -100,6 +103,10 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         if not (use_image or use_text):
             raise ValueError(
                 "use_image and use_text are both off: stage 2 would train nothing (row F skips it)"
+            )
+        if embed_weight is not None and not 0.0 <= embed_weight <= 1.0:
+            raise ValueError(
+                f"embed_weight must be in [0, 1] or None (every token alike), got {embed_weight}"
             )
         if stage1 is not None:  # restoring a stage-2 checkpoint: weights come with its state_dict
             model = build_model(stage1)
@@ -246,7 +253,7 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         embedding = FMRIAligner.embedding(tokens)  # b D
         terms = {}
         if self.hparams.use_image:
-            terms["cos"] = token_cosine_loss(tokens, clip_tokens)
+            terms["cos"] = token_cosine_loss(tokens, clip_tokens, self.hparams.embed_weight)
         if self.hparams.image_contrastive != "none":
             image = F.normalize(clip_image.float(), dim=-1)
             scale = self.logit_scale.exp()
@@ -309,9 +316,13 @@ class FCAEAlign(RecordsModels, RankSeededModule):
         self._log_identification("test")
 
     def on_train_start(self) -> None:
-        if self.initial_val_scores:
+        """The step-0 model's val scores, when known without training, go to the loggers at step 0: every
+        val curve then starts where the ridge-set linear path starts."""
+        if self.initial_val_scores and self.trainer.global_step == 0:
             scores = ", ".join(f"{k} {v:.4f}" for k, v in self.initial_val_scores.items())
             rank_zero_info(f"step 0 (the ridge-set linear path): {scores}")
+            for logger in self.loggers:
+                logger.log_metrics(dict(self.initial_val_scores), step=0)
 
     @torch.no_grad()
     def latents(self, fmri: torch.Tensor) -> torch.Tensor:
