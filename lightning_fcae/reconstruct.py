@@ -134,7 +134,9 @@ def _reconstruct_batch(
         names = [subjects[i] for i in batch["subject"][todo].tolist()]  # rows may mix subjects
         fmri = batch["fmri"][todo]
         init = None if strength is None else {"image": pipe.lowlevel_image(fmri, names), "strength": strength}
-        sampled = pipe(fmri, names, steps, guidance, samples, generators, output_type="pt", **(init or {}))
+        sampled = pipe(
+            fmri, names, steps, guidance, samples, generators, output_type="pt", **(init or {})
+        ).images
         images = to_uint8(sampled.cpu())  # n s 3 H W
         for i, row in zip(todo, images):
             recon[i] = row

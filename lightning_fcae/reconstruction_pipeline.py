@@ -3,7 +3,7 @@
 ::
 
     pipe = FMRIReconstructionPipeline.from_pretrained("results/demo/fcae/seed0")  # run folder, stage-3
-    images = pipe(fmri, subject="subj01", num_inference_steps=50, generator=torch.Generator().manual_seed(0))
+    images = pipe(fmri, subject="subj01", num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images
     pipe.save_pretrained("my-pipeline")  # safetensors + JSON; loads with no training code, no pickle
 
 ``from_pretrained`` takes an exported folder (``model_index.json``, one subfolder per component, as every
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel, VQModel
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel, VQModel
 from diffusers.utils import numpy_to_pil
 from einops import rearrange
 
 from .models.condition import ClipCondition
 from .models.factory import CheckpointFormatError, checkpoint_models, load_model, read_checkpoint
-from .models.fmri_condition import FMRIConditionEncoder
+from .models.fmri_condition import FMRIConditionEncoder, fmri_batch
 from .models.ldm import add_time_conditioning, build_ldm, load_ldm, vq_downsampling
 from .models.linear_path import LowLevelDecoder
 from .sampling import check_init_images, check_strength, sample_conditioned
@@ -186,9 +186,7 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
             raise MissingLowLevelError(
                 "this pipeline has no low-level decoder: train stage 3 with model.init_args.lowlevel: ridge"
             )
-        fmri = torch.as_tensor(fmri, dtype=torch.float32)
-        fmri = fmri[None] if fmri.ndim == 1 else fmri
-        x, names = self.fmri_encoder.prepare(fmri.to(self.device), subject)
+        x, names = self.fmri_encoder.prepare(fmri, subject)
         if names is None:
             raise ValueError("the low-level decoder is per subject: pass subject= (a name, or one per row)")
         images = self.lowlevel(
@@ -219,8 +217,10 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         output_type: str = "pil",
         image: torch.Tensor | None = None,
         strength: float = 1.0,
-    ):
-        """Reconstruct the images seen during ``fmri``.
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Reconstruct the images seen during ``fmri``: diffusers' ``ImagePipelineOutput`` (``.images``), or
+        the tuple ``(images,)`` with ``return_dict=False``, as every diffusers pipeline returns.
 
         Args:
             fmri: ``[b, n_subject]`` raw voxels of ``subject`` (array or tensor; ``[n]`` for one), z-scored
@@ -232,16 +232,20 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
             num_images_per_fmri: samples per fMRI row.
             generator: one for the batch, or one per fMRI row (a row's images then depend on its own
                 generator only, not on the rest of the batch).
-            output_type: ``"pil"`` (a list of ``b * num_images_per_fmri`` images, row-major), ``"pt"``
-                (``[b, num_images_per_fmri, 3, H, W]`` in [0, 1]) or ``"np"`` (``b s H W 3``).
+            output_type: ``"pil"`` (``.images`` is a list of ``b * num_images_per_fmri`` images, row-major),
+                ``"pt"`` (a ``[b, num_images_per_fmri, 3, H, W]`` tensor in [0, 1]) or ``"np"`` (``b s H W 3``).
             image / strength: image-to-image, diffusers' arguments: ``image [b, 3, H, W]`` in [0, 1] at this
                 pipeline's image size (:meth:`lowlevel_image` makes the low-level one), noised to
                 ``strength`` of the way and denoised by that last part of the DDIM steps; 1.0 ignores the
                 image (sampling from noise), 0.0 returns its VQ round trip.
+
+        fMRI that is not ``[b, V]`` / ``[V]`` numbers, an empty batch, or one holding NaN or inf is an
+        ``FMRIInputError`` naming the problem, before any model runs.
         """
         check_strength(strength)
-        fmri = torch.as_tensor(fmri, dtype=torch.float32)
-        fmri = fmri[None] if fmri.ndim == 1 else fmri
+        if output_type not in ("pil", "pt", "np"):
+            raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+        fmri = fmri_batch(fmri)
         if image is not None:
             image = torch.as_tensor(image, dtype=torch.float32).to(self.device)
             check_init_images(image, len(fmri), self.image_size)
@@ -259,14 +263,10 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
             init_images=image,
             strength=strength,
         )  # b s 3 H W
-        if output_type == "pt":
-            return images
-        array = rearrange(images.float().cpu(), "b s c h w -> b s h w c").numpy()
-        if output_type == "np":
-            return array
-        if output_type == "pil":
-            return numpy_to_pil(array.reshape(-1, *array.shape[2:]))
-        raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+        if output_type != "pt":
+            array = rearrange(images.float().cpu(), "b s c h w -> b s h w c").numpy()
+            images = array if output_type == "np" else numpy_to_pil(array.reshape(-1, *array.shape[2:]))
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 
 def _load_part(module: torch.nn.Module, prefix: str, state: dict, partial: bool, path: Path) -> None:

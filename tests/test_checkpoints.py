@@ -8,9 +8,11 @@ import shutil
 import lightning as L
 import pytest
 import torch
+from diffusers import ImagePipelineOutput
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_fcae.models.factory import LegacyCheckpointError, load_model
+from lightning_fcae.models.fmri_condition import FMRIInputError
 from lightning_fcae.models.ldm import build_ldm, save_ldm
 from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline, MissingLDMError, resolve_ldm
 from lightning_fcae.stages import FCAEPretrain
@@ -21,7 +23,7 @@ from tests.test_reconstruct import V, _datamodule, _textured_dataset, _trainer
 
 def _images(pipe, fmri, subject=None, seed=3):
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(fmri))]
-    return pipe(fmri, subject, num_inference_steps=2, generator=generators, output_type="pt")
+    return pipe(fmri, subject, num_inference_steps=2, generator=generators, output_type="pt").images
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +92,11 @@ def test_pipeline_round_trips_and_normalises_raw_voxels(run_folder, tmp_path):
     assert torch.allclose(_images(loaded, raw, "subj01"), _images(loaded, zscored.float()), atol=1e-5)
     with pytest.raises(ValueError, match="subj01 has"):
         loaded(raw[:, :-1], "subj01")
-    images = loaded(raw[:1], "subj01", num_inference_steps=2)
-    assert len(images) == 1 and images[0].size == (pipe.image_size, pipe.image_size)
+    output = loaded(raw[:1], "subj01", num_inference_steps=2)
+    assert isinstance(output, ImagePipelineOutput)  # what every diffusers pipeline returns
+    assert len(output.images) == 1 and output.images[0].size == (pipe.image_size, pipe.image_size)
+    (images,) = loaded(raw[:1], "subj01", num_inference_steps=2, return_dict=False)
+    assert images[0].size == output.images[0].size
     # the encoder alone, from the export or the checkpoint (the README's API)
     from lightning_fcae import load_fmri_encoder
 
@@ -206,3 +211,41 @@ def test_legacy_stage3_checkpoint_upgrades_to_a_slim_one(run_folder, tmp_path):
     finally:
         path.unlink()
         path.with_name("legacy.ckpt.bak").unlink()
+
+
+@pytest.mark.parametrize(
+    ("fmri", "message"),
+    [
+        (
+            lambda x: x.index_fill(1, torch.tensor([3, 7]), float("nan"))[:, :],
+            r"4 non-finite value\(s\) .* in 2 row\(s\): 0, 1",
+        ),
+        (
+            lambda x: torch.cat([x[:1], x[1:].clamp(max=float("inf")) + float("inf")]),
+            r"non-finite .* row\(s\): 1;",
+        ),
+        (lambda x: x[None], r"must be \[b, V\] .* got shape \[1, 2, 80\]; average a sample's repeats"),
+        (lambda x: x[:0], r"empty \(shape \[0, 80\]\)"),
+        (lambda x: x.to(torch.complex64), r"real numbers \(a float or integer dtype\), got torch.complex64"),
+        (lambda x: "voxels", "tensor or array of numbers, got str"),
+    ],
+)
+def test_the_api_refuses_fmri_it_cannot_use_before_any_model_runs(run_folder, fmri, message):
+    """NaN or inf would flow through the models into garbage pixels without a word; a [1, 1, V] stack of
+    repeats would fail deep in conv1d: each is one named error, raised before the encoder runs."""
+    _, run, _ = run_folder
+    pipe = FMRIReconstructionPipeline.from_pretrained(run)
+    calls = []
+    pipe.fmri_encoder.aligner.register_forward_hook(lambda *args: calls.append(1))
+    good = torch.randn(2, V, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(FMRIInputError, match=message):
+        pipe(fmri(good), num_inference_steps=2)
+    assert not calls
+
+
+def test_an_exported_pipeline_loads_without_the_accelerate_notice(run_folder, tmp_path, capfd):
+    _, run, _ = run_folder
+    FMRIReconstructionPipeline.from_pretrained(run).save_pretrained(tmp_path / "exported")
+    capfd.readouterr()
+    FMRIReconstructionPipeline.from_pretrained(tmp_path / "exported")
+    assert "accelerate" not in capfd.readouterr().err

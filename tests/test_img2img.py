@@ -124,7 +124,7 @@ def test_a_moved_run_folder_reconstructs_from_its_lowlevel_image(lowlevel_run, t
     rows = module.lowlevel.map.subject_indices(["subj01", "subj01"])
     x = pipe.fmri_encoder.preprocess(fmri, "subj01")
     assert torch.allclose(lowlevel, module.lowlevel(x, rows), atol=1e-6)
-    round_trip = pipe(fmri, "subj01", output_type="pt", image=lowlevel, strength=0.0)[:, 0]
+    round_trip = pipe(fmri, "subj01", output_type="pt", image=lowlevel, strength=0.0).images[:, 0]
     with torch.no_grad():
         vq = pipe.vqvae
         expected = ((vq.decode(vq.encode(lowlevel * 2 - 1).latents).sample + 1) / 2).clamp(0, 1)

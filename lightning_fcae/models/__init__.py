@@ -22,7 +22,9 @@ class _NoAccelerateNotice(logging.Filter):
         return "`accelerate` was not found" not in record.getMessage()
 
 
-logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoAccelerateNotice())
+# printed by a model's from_pretrained and again by a pipeline's (an exported FMRIReconstructionPipeline)
+for _name in ("diffusers.models.modeling_utils", "diffusers.pipelines.pipeline_utils"):
+    logging.getLogger(_name).addFilter(_NoAccelerateNotice())
 
 __all__ = [
     "DCMAE",

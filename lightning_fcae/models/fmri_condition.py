@@ -22,6 +22,44 @@ from .align import FMRIAligner
 SUBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
+class FMRIInputError(ValueError):
+    """fMRI handed to the reconstruction API that it cannot use: not numbers, not ``[b, V]`` or ``[V]``,
+    an empty batch, or values that are not finite. Refused before any model runs, by name."""
+
+
+def fmri_batch(fmri) -> torch.Tensor:
+    """``fmri`` (a tensor or array, ``[b, V]`` or one sample ``[V]``) as a float32 ``[b, V]`` tensor, or an
+    :class:`FMRIInputError` naming what is wrong: NaN or inf would otherwise flow through the models into
+    garbage pixels without a word, and a stacked ``[b, repeats, V]`` would fail deep inside a convolution."""
+    try:
+        tensor = torch.as_tensor(fmri)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise FMRIInputError(
+            f"fMRI must be a tensor or array of numbers, got {type(fmri).__name__} ({exc})"
+        ) from exc
+    if tensor.dtype == torch.bool or tensor.dtype.is_complex:
+        raise FMRIInputError(f"fMRI must hold real numbers (a float or integer dtype), got {tensor.dtype}")
+    tensor = tensor.float()
+    if tensor.ndim == 1:
+        tensor = tensor[None]
+    if tensor.ndim != 2:
+        raise FMRIInputError(
+            f"fMRI must be [b, V] (a row of V voxels per sample) or [V], got shape {list(tensor.shape)}; "
+            "average a sample's repeats first (fmri.mean(1) for [b, repeats, V])"
+        )
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise FMRIInputError(f"fMRI is empty (shape {list(tensor.shape)}): nothing to reconstruct")
+    bad = ~torch.isfinite(tensor)
+    if bad.any():
+        rows = bad.any(1).nonzero().flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise FMRIInputError(
+            f"fMRI holds {int(bad.sum())} non-finite value(s) (NaN or inf) in {len(rows)} row(s): {shown}; "
+            "impute or drop them before reconstructing"
+        )
+    return tensor
+
+
 class FMRIConditionEncoder(ModelMixin, ConfigMixin):
     """``FMRIAligner`` plus each subject's voxel z-scoring (the training split's statistics).
 
@@ -74,7 +112,8 @@ class FMRIConditionEncoder(ModelMixin, ConfigMixin):
 
         ``subject``: a name (raw voxels of that subject, z-scored here), or a list of one name per row
         (fMRI z-scored and padded already, as the DataModule delivers it: rows may mix subjects), or None
-        (z-scored and padded already, subjects unknown)."""
+        (z-scored and padded already, subjects unknown). Bad input is an :class:`FMRIInputError`."""
+        fmri = fmri_batch(fmri).to(self.device)
         if isinstance(subject, str):
             return self.preprocess(fmri, subject), [subject] * len(fmri)
         if subject is not None and len(subject) != len(fmri):
