@@ -87,7 +87,7 @@ def run_cli_for_users(args: list[str] | None = None) -> None:
         mistake = user_error(exc)
         if mistake is None or os.environ.get("LIGHTNING_FCAE_TRACEBACK"):
             raise
-        print(f"error: {mistake}\n(LIGHTNING_FCAE_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        print(f"error: {mistake} (LIGHTNING_FCAE_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -21,11 +21,10 @@ memory-mapped, so each DataLoader worker reads only the rows it needs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
+from .atomic import atomic_folder
 from .data.schema import CAPTIONS_KEY, IMAGE_KEYS, MANIFEST_NAME, META_KEY, SPLITS, DatasetError, Manifest
 from .data.shards import decode_image, decode_json, iter_raw_samples, sha256_file, validate_captions
 from .data.transforms import image_to_uint8_chw
@@ -74,7 +74,20 @@ def clip_cache_id(model_name: str, pretrained: str | None) -> str:
     path = Path(pretrained).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"CLIP checkpoint {path} does not exist (clip_pretrained of {model_name})")
-    return f"{model_name}-{sha256_file(path)[:12]}"
+    return f"{model_name}-{weights_sha256(path)[:12]}"
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 of a weights file, once per process while its size and modification time stay the same: a
+    stage asks for its CLIP cache's id in ``prepare_data`` and again in ``setup`` (ViT-B-32's 600 MB took
+    1-2 s each time)."""
+    stat = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: part of the cache key
+    return sha256_file(path)
 
 
 def cache_path(data_dir: str | Path, cache_id: str) -> Path:
@@ -199,16 +212,16 @@ def build_clip_cache(
     """Compute and write the cache for the manifest's ``splits`` (moves ``clip`` to ``device``).
 
     ``data_dir`` must be a local dataset: the features are written next to its shards.
-    Written into a temporary directory that is renamed into place, so an interrupted build never leaves
-    a cache that reads as complete; an existing cache of the same id is replaced.
+    Written into a temporary directory that is renamed into place (:func:`~lightning_fcae.atomic.
+    atomic_folder`), so an interrupted build never leaves a cache that reads as complete; an existing cache
+    of the same id is replaced.
     """
     data_dir = Path(data_dir)
     manifest = Manifest.load(data_dir)
     manifest_sha = sha256_file(data_dir / MANIFEST_NAME)
     final = cache_path(data_dir, cache_id)
-    tmp = final.with_name(f".{cache_id}.tmp-{uuid.uuid4().hex[:8]}")
     clip.to(device)
-    try:
+    with atomic_folder(final) as tmp:  # a killed build leaves the old cache (or none), never half of one
         counts = {
             split: _write_split(tmp / split, data_dir, manifest, split, clip, batch_size, progress)
             for split in _wanted(manifest, splits)
@@ -217,7 +230,7 @@ def build_clip_cache(
             "format": CACHE_FORMAT,
             "model_name": clip.model_name,
             "pretrained": clip.pretrained,
-            "weights_sha256": sha256_file(clip.checkpoint) if clip.checkpoint is not None else None,
+            "weights_sha256": weights_sha256(clip.checkpoint) if clip.checkpoint is not None else None,
             "manifest_sha256": manifest_sha,
             "num_tokens": clip.num_tokens,
             "embed_dim": clip.embed_dim,
@@ -227,15 +240,6 @@ def build_clip_cache(
             "lightning_fcae": __version__,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if final.exists():  # directories cannot be renamed over: move the old one aside first
-            old = final.with_name(f".{cache_id}.old-{uuid.uuid4().hex[:8]}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("CLIP feature cache %s: %s", final, counts)
     return final
 

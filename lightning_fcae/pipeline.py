@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -189,14 +190,38 @@ def csv_logger(stage_dir: Path, version: str) -> dict:
     }
 
 
-def keep_csv_history(log_dir: Path) -> None:
+def keep_csv_history(log_dir: Path, resume_step: int | None = None) -> None:
     """Move a killed run's ``metrics.csv`` aside as ``metrics.part<k>.csv`` before it resumes: Lightning's
-    CSVLogger deletes the file it finds, and with it every epoch logged before the kill. The report's
-    curves read the parts in order (``report/curves.py``)."""
+    CSVLogger deletes the file it finds, and with it every epoch logged before the kill. Rows from
+    ``resume_step`` on (the steps after the checkpoint it resumes from, which the resumed run logs again)
+    are left out, so the history holds one row per step. The report's curves read the parts in order
+    (``report/curves.py``)."""
     metrics = log_dir / "metrics.csv"
-    if metrics.is_file():
-        k = 1 + sum(1 for _ in log_dir.glob("metrics.part*.csv"))
-        metrics.rename(log_dir / f"metrics.part{k}.csv")
+    if not metrics.is_file():
+        return
+    k = 1 + sum(1 for _ in log_dir.glob("metrics.part*.csv"))
+    part = log_dir / f"metrics.part{k}.csv"
+    with metrics.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header, rows = reader.fieldnames or [], list(reader)
+    if resume_step is not None:
+        rows = [row for row in rows if not row.get("step") or int(row["step"]) < resume_step]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(part, text.getvalue())
+    metrics.unlink()
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The ``global_step`` a Lightning checkpoint was saved at (None if it does not say)."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # an unreadable checkpoint is named where it is resumed from, not here
+        return None
 
 
 def resume_point(checkpoints: Path) -> Path | None:
@@ -276,7 +301,7 @@ class Pipeline:
                 )
             args += ["--ckpt_path", str(resume)]
             if not self.dry_run:
-                keep_csv_history(stage_dir / "csv" / "fit")
+                keep_csv_history(stage_dir / "csv" / "fit", checkpoint_step(resume))
         self.run(stage_dir, config, args, exports=exports)
         if not self.dry_run and not last.exists():  # the next stage reads it: say so here, not there
             raise PlanError(

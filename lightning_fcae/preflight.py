@@ -18,10 +18,12 @@ surfaced only when stage 2 started, after stage 1's 100 epochs. What is checked:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -387,14 +389,18 @@ def clip_parameters(config: dict) -> int:
 
 
 def keeps(config: dict) -> int:
-    """Checkpoint files a stage keeps: its checkpoint callback's save_top_k (-1: one per epoch)."""
+    """Checkpoint files a stage keeps: its checkpoint callbacks' save_top_k (-1: one per epoch), and one
+    for a ``BestCheckpoint`` (stage 2's best.ckpt)."""
     from .pipeline import is_checkpoint_callback
 
+    files = 0
     for callback in (config.get("trainer") or {}).get("callbacks") or []:
-        if is_checkpoint_callback(callback):
+        if callback["class_path"].endswith("BestCheckpoint"):
+            files += 1
+        elif is_checkpoint_callback(callback):
             top_k = (callback.get("init_args") or {}).get("save_top_k", 1)
-            return max(int(config["trainer"].get("max_epochs") or 1), 1) if top_k == -1 else top_k
-    return 0
+            files += max(int(config["trainer"].get("max_epochs") or 1), 1) if top_k == -1 else top_k
+    return files
 
 
 def checkpoint_bytes(
@@ -412,6 +418,7 @@ def checkpoint_bytes(
     the frozen LDM to its folder). At the paper's sizes: 1.3 GB for stage 1 (1.3 GB measured) and about
     1.4 GB for stage 3 (its checkpoints held the whole LDM before 2026-12-02: ~3 GB measured then)."""
     sizes, fmri, counted = [], 0, {}  # counted: stage-1 config file -> parameters, built once
+    seen = set()  # a stage 1 that methods share is one run
     for fit in fits:
         config = configs.get((fit.stage, fit.config_file))
         if config is None:  # it did not load: reported already
@@ -422,8 +429,9 @@ def checkpoint_bytes(
                 with findings.check(f"stages.stage1 ({fit.config_file})"):  # its constructor's refusals
                     counted[fit.config_file] = fmri_parameters(config, manifest)
             fmri = counted[fit.config_file]
-        if (fit.stage_dir / "done-fit.json").is_file():
+        if (fit.stage_dir / "done-fit.json").is_file() or fit.stage_dir in seen:
             continue
+        seen.add(fit.stage_dir)
         if fit.stage in ("stage1", "stage1_image", "stage2"):
             size = BYTES_TRAINED * fmri
         elif fit.stage == "stage3":
@@ -445,16 +453,61 @@ def check_disk(
     configs: dict[tuple[str, str], dict],
     manifest: Manifest,
     ldm: LdmShape | None,
+    clip: ClipGrid | None = None,
 ) -> None:
-    """The checkpoints' estimated bytes against the free space of the run folder's file system."""
+    """The checkpoints' estimated bytes, and the CLIP feature cache the run builds beside the data (stage 2,
+    vis-dec's image phase and the LDM stand-in read it), against the free space of their file systems."""
     need = checkpoint_bytes(findings, fits, configs, manifest, ldm)
-    where = pipeline.out
+    cache = clip_cache_bytes(pipeline, fits, manifest, clip)
+    if (
+        cache
+        and Path(pipeline.data_dir).exists()
+        and disk_of(Path(pipeline.data_dir)) != disk_of(pipeline.out)
+    ):
+        check_free(findings, Path(pipeline.data_dir), cache, "the CLIP feature cache beside the data")
+        cache = 0
+    check_free(
+        findings,
+        pipeline.out,
+        need + cache,
+        "the run's checkpoints" + (" and the CLIP feature cache" if cache else ""),
+    )
+
+
+def disk_of(path: Path) -> int:
+    """The device id of the file system ``path`` (or its nearest existing parent) lies on."""
+    while not path.exists():
+        path = path.parent
+    return os.stat(path).st_dev
+
+
+def clip_cache_bytes(pipeline: Pipeline, fits: list[Task], manifest: Manifest, clip: ClipGrid | None) -> int:
+    """float16 CLIP features per image (T x D tokens, image and caption embeddings) for every sample of
+    the data (an upper bound: images seen by several subjects are cached once), when a fit reads them and
+    this CLIP's cache is not built yet; 0 otherwise."""
+    readers = {"stage2", "stage1_image", "ldm_unet"}
+    if clip is None or not any(fit.stage in readers for fit in fits) or "://" in pipeline.data_dir:
+        return 0
+    given = pipeline.given_clip()
+    if given is not None:
+        from .clip_features import cache_status, clip_cache_id
+
+        with contextlib.suppress(Exception):  # weights that do not load are reported elsewhere
+            if cache_status(pipeline.data_dir, clip_cache_id(*given)) == "hit":
+                return 0
+    images = sum(split.samples for split in manifest.splits.values())
+    return 2 * images * (clip.tokens * clip.dim + 2 * clip.dim)
+
+
+def check_free(findings: Findings, path: Path, need: int, what: str) -> None:
+    """``need`` bytes of ``what`` against the free space of ``path``'s file system."""
+    where = path
     while not where.exists():  # the run folder may not exist yet: its file system is its parent's
         where = where.parent
     free = shutil.disk_usage(where).free
     line = (
-        f"disk: the run's checkpoints need about {need / 1e9:.2f} GB (rough: 12 bytes per trained "
-        f"parameter, per kept file), {free / 1e9:.1f} GB free under {where}"
+        f"disk: {what} need about {need / 1e9:.2f} GB (rough: 12 bytes per trained parameter, per kept "
+        f"checkpoint; 2 bytes per cached CLIP feature), {free / 1e9:.1f} GB free under {where}"
     )
     if need > free:
         findings.problems.append(line + ": free space or use another --out")
@@ -480,7 +533,7 @@ def preflight(pipeline: Pipeline, methods: list[str], seeds: list[int]) -> Findi
     check_devices(findings, configs)
     if manifest is not None:
         check_ridge_fits(findings, pipeline, methods, manifest)
-        check_disk(findings, pipeline, fits, configs, manifest, ldm)
+        check_disk(findings, pipeline, fits, configs, manifest, ldm, clip)
     return findings
 
 

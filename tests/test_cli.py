@@ -169,9 +169,11 @@ def test_fit_setup_mistakes_are_one_error_line(toy_dataset, tmp_path, monkeypatc
     ):
         assert _run(argv) == 2
         err = capsys.readouterr().err  # Lightning's INFO lines may come first: it is imported lazily
-        assert any(line.startswith(message) for line in err.splitlines()) and "Traceback" not in err, err[
-            -500:
-        ]
+        last = err.splitlines()[-1]  # the error is the last line, nothing printed after it
+        assert last.startswith(message) and last.endswith(
+            "(LIGHTNING_FCAE_TRACEBACK=1 shows where it was raised)"
+        )
+        assert "Traceback" not in err, err[-500:]
 
 
 def test_help_lists_the_extra_subcommands(capsys, monkeypatch):

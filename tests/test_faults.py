@@ -116,6 +116,57 @@ def test_a_checkpoint_write_killed_half_way_leaves_the_previous_one_whole(
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no temporary left behind
 
 
+def test_the_next_write_removes_a_killed_writers_leftovers_and_keeps_a_live_writers(tmp_path):
+    """A writer killed mid-write leaves ``.NAME.PID.tmp``; one killed between atomic_folder's two renames
+    leaves ``.NAME.old``. The next process that writes into the folder deletes them, but never the temporary
+    file of a writer that is still running, nor an ``.old`` folder whose new copy never arrived."""
+    from lightning_fcae import atomic
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = folder / f".last.ckpt.{gone.pid}.tmp"
+        live = folder / f".last.ckpt.{running.pid}.tmp"
+        stale_export = folder / f".export.{gone.pid}.tmp"
+        for path in (stale, live):
+            path.write_bytes(b"half a checkpoint")
+        stale_export.mkdir()
+        (folder / "export").mkdir()
+        (folder / ".export.old").mkdir()  # the swap finished: export is whole
+        (folder / ".lost.old").mkdir()  # killed between the renames: the only copy, kept
+        atomic.write_text(folder / "metrics.json", "{}")
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == [f".last.ckpt.{running.pid}.tmp", ".lost.old", "export", "metrics.json"]
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_an_export_killed_half_way_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """FMRIReconstructionPipeline.save_pretrained writes through atomic_folder: killed while writing the
+    weights, the folder still holds the previous export, which loads."""
+    from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline
+
+    _, checkpoint = train_stage3(tmp_path, steps=1)
+    pipe = FMRIReconstructionPipeline.from_pretrained(checkpoint)
+    export = tmp_path / "export"
+    pipe.save_pretrained(export)
+    before = {p.relative_to(export): p.read_bytes() for p in export.rglob("*") if p.is_file()}
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(type(pipe.unet), "save_pretrained", killed)
+    with pytest.raises(Killed):
+        pipe.save_pretrained(export)
+    monkeypatch.undo()
+    assert {p.relative_to(export): p.read_bytes() for p in export.rglob("*") if p.is_file()} == before
+    FMRIReconstructionPipeline.from_pretrained(export)
+
+
 def test_every_cli_trainer_writes_checkpoints_atomically(toy_dataset, tmp_path):
     from lightning_fcae.data.datamodule import NSDDataModule
     from lightning_fcae.lightning_cli import FCAECLI

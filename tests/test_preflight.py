@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_fcae.data.schema import Manifest
 from lightning_fcae.pipeline import Pipeline, main
-from lightning_fcae.preflight import preflight
+from lightning_fcae.preflight import Findings, preflight
 from tests.test_pipeline import tiny_plan, write_plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -36,7 +37,7 @@ def test_the_tiny_plan_passes(tmp_path, synthetic_tiny, capsys):
     assert f"ok: dataset {synthetic_tiny}: manifest, norm stats" in out and "sizes and sha256" in out
     assert "ok: CLIP fcae-clip-tiny (trained by this run): 17 x 512 image tokens" in out
     assert "ok: LDM ldm_config tiny (trained by this run): 16 px" in out
-    assert "ok: disk: the run's checkpoints need about" in out
+    assert "ok: disk: the run's checkpoints and the CLIP feature cache need about" in out
     assert not (tmp_path / "run").exists()  # a check writes nothing
 
 
@@ -136,5 +137,49 @@ def test_too_little_disk_for_the_checkpoints(tmp_path, synthetic_tiny, monkeypat
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
     findings = preflight(Pipeline(tiny_plan(synthetic_tiny), tmp_path / "run", CONFIGS), ["fcae"], [0, 1])
     assert len(findings.problems) == 1
-    assert findings.problems[0].startswith("disk: the run's checkpoints need about 0.")
+    assert findings.problems[0].startswith(
+        "disk: the run's checkpoints and the CLIP feature cache need about 0."
+    )
     assert findings.problems[0].endswith(f"0.0 GB free under {tmp_path}: free space or use another --out")
+
+
+def test_the_disk_estimate_counts_the_clip_feature_cache_and_a_shared_stage1_once(tmp_path, synthetic_tiny):
+    """Stage 2 builds a CLIP feature cache beside the data (2 bytes per float16 feature: every image's
+    T x D tokens and two D-wide embeddings); methods that share a stage 1 share its checkpoints."""
+    from lightning_fcae.preflight import ClipGrid, checkpoint_bytes, clip_cache_bytes
+
+    pipeline = Pipeline(tiny_plan(synthetic_tiny), tmp_path / "run", CONFIGS)
+    manifest = Manifest.load(synthetic_tiny)
+    samples = sum(split.samples for split in manifest.splits.values())
+    grid = ClipGrid(17, 512, "fcae-clip-tiny")
+    fits = pipeline.fits(["fcae"], [0])
+    assert clip_cache_bytes(pipeline, fits, manifest, grid) == 2 * samples * (17 * 512 + 2 * 512)
+    mindvis = pipeline.fits(["mindvis"], [0])
+    assert (
+        clip_cache_bytes(pipeline, [f for f in mindvis if f.stage.startswith("stage")], manifest, grid) == 0
+    )
+
+    def stage1_bytes(methods):
+        fits = [f for f in pipeline.fits(methods, [0]) if f.stage == "stage1"]
+        configs = {
+            (f.stage, f.config_file): pipeline.stage_config(f.stage, f.config_file, f.stage_dir, 0, {})
+            for f in fits
+        }
+        return checkpoint_bytes(Findings(), fits, configs, manifest, None)
+
+    assert stage1_bytes(["fcae", "ours", "fcae_FI"]) == stage1_bytes(["fcae"]) > 0
+
+
+def test_the_ridge_options_are_refused_on_data_without_a_val_split(tmp_path):
+    """Method ours fits its linear path and low-level decoder on train with the penalty chosen on val:
+    data without a val split is refused by option and method before stage 1 trains; the paper's recipe
+    is not."""
+    from .conftest import write_toy_dataset
+
+    data = write_toy_dataset(tmp_path / "no_val", n_val=0)
+    findings = preflight(Pipeline(tiny_plan(data), tmp_path / "run", CONFIGS), ["fcae", "ours"], [0])
+    refused = [p for p in findings.problems if p.startswith("method ")]
+    assert refused == [
+        f"method ours: linear_path: ridge and lowlevel: ridge fit(s) on the train split with the penalty "
+        f"chosen on val; {data} has no val split: run the paper's recipe (fcae)"
+    ]

@@ -370,6 +370,21 @@ def test_a_resumed_stage_keeps_its_loss_history(tmp_path):
     assert training_losses(tmp_path / "stage1") == {"train/loss": ([0, 1, 2, 3, 4], [10, 9, 8, 7, 6])}
 
 
+def test_a_resumed_stage_logs_each_step_once(tmp_path):
+    """Killed after logging steps 0-3 with its last checkpoint at step 2, a stage resumes at step 2 and logs
+    steps 2-4 again: the history keeps one row per step, the resumed run's (issue 25)."""
+    from lightning_fcae.pipeline import keep_csv_history
+
+    log_dir = tmp_path / "stage1" / "csv" / "fit"
+    log_dir.mkdir(parents=True)
+    killed = "".join(f"0,{step},{10 - step}\n" for step in range(4))
+    (log_dir / "metrics.csv").write_text("epoch,step,train/loss\n" + killed)
+    keep_csv_history(log_dir, resume_step=2)
+    resumed = "".join(f"0,{step},{20 - step}\n" for step in (2, 3, 4))
+    (log_dir / "metrics.csv").write_text("epoch,step,train/loss\n" + resumed)
+    assert training_losses(tmp_path / "stage1") == {"train/loss": ([0, 1, 2, 3, 4], [10, 9, 18, 17, 16])}
+
+
 def test_table3_only_for_ablation_runs(tmp_path):
     run = _fake_run(tmp_path)  # a Table-2 run: its summaries name no other table
     write_report(run)

@@ -15,9 +15,11 @@ import shutil
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import save_file
 from torch import nn
 
+from ..atomic import atomic_folder
 from ..data.schema import Manifest
 from ..models.ldm import load_ldm, save_ldm
 from ..models.scene_classifier import SceneClassifier
@@ -46,89 +48,94 @@ def _half(module: nn.Module) -> nn.Module:
     return nn.Module.to(module, torch.float16)
 
 
+SHIPPED_PARTS = ("clip", "ldm", "classifier", "checks.json", "manifest.json")  # what ship() writes
+
+
 def ship(runs: Path, out: Path, data_dir: str, command: str) -> StandIns:
-    """Write the stand-ins folder ``out`` from the finished runs in ``runs`` (see the module doc)."""
+    """Write the stand-ins folder ``out`` from the finished runs in ``runs`` (see the module doc), whole or
+    not at all: built beside it and swapped in (:func:`~lightning_fcae.atomic.atomic_folder`)."""
     shared = runs / "shared"
     run_dirs = {name: shared / name for name in STAND_IN_STAGES}
     for run_dir in run_dirs.values():
         if not (run_dir / "done-fit.json").is_file():
             raise FileNotFoundError(f"{run_dir} has not finished: run `lightning-fcae stand-ins train` first")
-    for part in ("clip", "ldm", "classifier", "checks.json", "manifest.json"):  # only what this writes
-        target = out / part
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    with atomic_folder(out) as folder:  # a kill mid-ship leaves the shipped folder as it was
+        if out.is_dir():  # what this does not write (a note of the user's) comes along
+            for entry in out.iterdir():
+                if entry.name not in SHIPPED_PARTS:
+                    (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, folder / entry.name)
+        clip_config = yaml.safe_load((run_dirs["clip_pretrain"] / "run.yaml").read_text())
+        clip_model = clip_config["model"]["init_args"]["architecture"]
+        clip_dir = folder / "clip"
+        clip_dir.mkdir(parents=True)
+        state = torch.load(shared / "clip.pt", map_location="cpu", weights_only=True)
+        save_file(half_state_dict(state), clip_dir / f"{clip_model}.safetensors")
+        shutil.copy(run_dirs["clip_pretrain"] / "run.yaml", clip_dir / "run.yaml")
 
-    import yaml
+        ldm = load_ldm(shared / "ldm")
+        for module in (ldm.vq, ldm.unet, ldm.condition):
+            _half(module)
+        save_ldm(ldm, folder / "ldm")
+        shutil.copy(run_dirs["ldm_vq"] / "run.yaml", folder / "ldm" / "vqvae" / "run.yaml")
+        shutil.copy(run_dirs["ldm_unet"] / "run.yaml", folder / "ldm" / "unet" / "run.yaml")
 
-    clip_config = yaml.safe_load((run_dirs["clip_pretrain"] / "run.yaml").read_text())
-    clip_model = clip_config["model"]["init_args"]["architecture"]
-    clip_dir = out / "clip"
-    clip_dir.mkdir(parents=True)
-    state = torch.load(shared / "clip.pt", map_location="cpu", weights_only=True)
-    save_file(half_state_dict(state), clip_dir / f"{clip_model}.safetensors")
-    shutil.copy(run_dirs["clip_pretrain"] / "run.yaml", clip_dir / "run.yaml")
+        classifier = SceneClassifier.from_pretrained(shared / "classifier_export")
+        _half(classifier).save_pretrained(folder / "classifier")
+        shutil.copy(run_dirs["classifier"] / "run.yaml", folder / "classifier" / "run.yaml")
 
-    ldm = load_ldm(shared / "ldm")
-    for module in (ldm.vq, ldm.unet, ldm.condition):
-        _half(module)
-    save_ldm(ldm, out / "ldm")
-    shutil.copy(run_dirs["ldm_vq"] / "run.yaml", out / "ldm" / "vqvae" / "run.yaml")
-    shutil.copy(run_dirs["ldm_unet"] / "run.yaml", out / "ldm" / "unet" / "run.yaml")
-
-    classifier = SceneClassifier.from_pretrained(shared / "classifier_export")
-    _half(classifier).save_pretrained(out / "classifier")
-    shutil.copy(run_dirs["classifier"] / "run.yaml", out / "classifier" / "run.yaml")
-
-    dataset = dataset_identity(Manifest.load(data_dir))
-    stand_ins = StandIns(
-        out, clip_model, clip_dir / f"{clip_model}.safetensors", out / "ldm", out / "classifier", dataset
-    )
-    figures = run_checks(stand_ins, data_dir)
-    (out / "checks.json").write_text(json.dumps(figures, indent=2) + "\n")
-    checks = format_checks(figures).splitlines()
-    date = datetime.date.today().isoformat()
-    common = dict(dataset=dataset, command=command, checks=checks, date=date)
-    weights = lambda folder: sorted(folder.glob("*.safetensors"))  # noqa: E731
-    write_card(
-        clip_dir,
-        f"CLIP stand-in `{clip_model}`",
-        "The frozen CLIP of stage 2 and of the CLIP scores, trained contrastively on image-caption pairs "
-        "(`ClipPretrain`): no pretrained CLIP can be downloaded here.",
-        [Training("clip_pretrain", run_dirs["clip_pretrain"])],
-        {"clip_pretrain": clip_dir / "run.yaml"},
-        weights(clip_dir),
-        **common,
-    )
-    write_card(
-        out / "ldm" / "vqvae",
-        "LDM stand-in: VQ-f4 autoencoder",
-        "The LDM's VQ autoencoder (`LDMPretrain`, part `vq`): 32 px images -> 8x8x3 latents.",
-        [Training("ldm_vq", run_dirs["ldm_vq"])],
-        {"ldm_vq": out / "ldm" / "vqvae" / "run.yaml"},
-        weights(out / "ldm" / "vqvae"),
-        **common,
-    )
-    write_card(
-        out / "ldm" / "unet",
-        "LDM stand-in: conditional UNet (+ condition encoder `ldm/condition`)",
-        "The UNet stage 3 fine-tunes (`LDMPretrain`, part `unet`), conditioned through cross-attention and "
-        "the time embedding on the CLIP stand-in's image tokens and caption embedding (`ClipCondition`).",
-        [Training("ldm_unet", run_dirs["ldm_unet"])],
-        {"ldm_unet": out / "ldm" / "unet" / "run.yaml"},
-        weights(out / "ldm" / "unet") + weights(out / "ldm" / "condition"),
-        **common,
-    )
-    write_card(
-        out / "classifier",
-        "Scene classifier (the judge of the checks)",
-        "Names the shape and colour of a scene's largest object (`ClassifierPretrain`); only the checks "
-        "use it.",
-        [Training("classifier", run_dirs["classifier"])],
-        {"classifier": out / "classifier" / "run.yaml"},
-        weights(out / "classifier"),
-        **common,
-    )
-    write_manifest(out, clip_model, dataset)
+        dataset = dataset_identity(Manifest.load(data_dir))
+        stand_ins = StandIns(
+            folder,
+            clip_model,
+            clip_dir / f"{clip_model}.safetensors",
+            folder / "ldm",
+            folder / "classifier",
+            dataset,
+        )
+        figures = run_checks(stand_ins, data_dir)
+        (folder / "checks.json").write_text(json.dumps(figures, indent=2) + "\n")
+        checks = format_checks(figures).splitlines()
+        date = datetime.date.today().isoformat()
+        common = dict(dataset=dataset, command=command, checks=checks, date=date)
+        weights = lambda folder: sorted(folder.glob("*.safetensors"))  # noqa: E731
+        write_card(
+            clip_dir,
+            f"CLIP stand-in `{clip_model}`",
+            "The frozen CLIP of stage 2 and of the CLIP scores, trained contrastively on image-caption pairs "
+            "(`ClipPretrain`): no pretrained CLIP can be downloaded here.",
+            [Training("clip_pretrain", run_dirs["clip_pretrain"])],
+            {"clip_pretrain": clip_dir / "run.yaml"},
+            weights(clip_dir),
+            **common,
+        )
+        write_card(
+            folder / "ldm" / "vqvae",
+            "LDM stand-in: VQ-f4 autoencoder",
+            "The LDM's VQ autoencoder (`LDMPretrain`, part `vq`): 32 px images -> 8x8x3 latents.",
+            [Training("ldm_vq", run_dirs["ldm_vq"])],
+            {"ldm_vq": folder / "ldm" / "vqvae" / "run.yaml"},
+            weights(folder / "ldm" / "vqvae"),
+            **common,
+        )
+        write_card(
+            folder / "ldm" / "unet",
+            "LDM stand-in: conditional UNet (+ condition encoder `ldm/condition`)",
+            "The UNet stage 3 fine-tunes (`LDMPretrain`, part `unet`), conditioned through cross-attention and "
+            "the time embedding on the CLIP stand-in's image tokens and caption embedding (`ClipCondition`).",
+            [Training("ldm_unet", run_dirs["ldm_unet"])],
+            {"ldm_unet": folder / "ldm" / "unet" / "run.yaml"},
+            weights(folder / "ldm" / "unet") + weights(folder / "ldm" / "condition"),
+            **common,
+        )
+        write_card(
+            folder / "classifier",
+            "Scene classifier (the judge of the checks)",
+            "Names the shape and colour of a scene's largest object (`ClassifierPretrain`); only the checks "
+            "use it.",
+            [Training("classifier", run_dirs["classifier"])],
+            {"classifier": folder / "classifier" / "run.yaml"},
+            weights(folder / "classifier"),
+            **common,
+        )
+        write_manifest(folder, clip_model, dataset)
     return load_stand_ins(out, data_dir)
