@@ -529,6 +529,7 @@ class Pipeline:
             "image_size": size,
             "n_way": n_way,
             **ranks,
+            "grid": "tiles",  # recon/ laid out as a reconstruction's (older runs wrote grid.png alone)
         }
         label = f"{self.progress.line(key)} {root.relative_to(self.out)}"
         path = root / "summary.json"
@@ -540,17 +541,20 @@ class Pipeline:
         if self.dry_run:
             return
         start = time.monotonic()
-        from torchvision.utils import save_image
-
         from .data.datamodule import read_manifest
         from .models.clip import load_clip
+        from .reconstruct import write_grid, write_png
         from .yardstick import ridge_yardstick
 
         self.running = str(root.relative_to(self.out))
         size = size or read_manifest(self.data_dir).image_size
         result = ridge_yardstick(self.data_dir, load_clip(*clip), size, n_way, **ranks)
-        (root / "recon").mkdir(parents=True, exist_ok=True)
-        save_image(result["grid"], root / "recon" / "grid.png")
+        recon = root / "recon"  # laid out as a reconstruction's: the report shows it beside the methods
+        for entries in result["grid"].values():
+            for truth, images, label in entries:
+                write_png(recon / "truth" / f"{label['key']}.png", truth)
+                write_png(recon / "images" / f"{label['key']}_0.png", images[0])
+        write_grid(result["grid"], recon, samples=1)
         summary = {
             "run": self.out.name,
             "method": "ridge",

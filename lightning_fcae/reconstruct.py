@@ -304,7 +304,7 @@ def reconstruct_split(
         _pick_for_grid(grid, batch, recon, list(data.subjects))
         bar.update(len(recon))
     bar.close()
-    _write_grid(grid, out, samples)
+    write_grid(grid, out, samples)
     per_subject = {name: images.scores(n_way, device) for name, images in collected.items() if len(images)}
     counts = {name: len(collected[name]) for name in per_subject}
     metrics = summarise(per_subject)
@@ -335,9 +335,11 @@ def _pick_for_grid(grid: dict, batch: dict, recon: Tensor, subjects: list[str]) 
             picked.append((batch["image"][row], recon[row], label))
 
 
-def _write_grid(grid: dict, out: Path, samples: int) -> None:
+def write_grid(grid: dict, out: Path, samples: int) -> None:
     """``grid.png`` (each seen image, then its reconstructions) and ``grid.json`` (which samples, in
-    that order, with their captions, so the report can label every tile)."""
+    that order, with their captions, so the report can label every tile). ``grid``: ``{subject index: [(seen
+    image uint8 [3, H, W], reconstructions uint8 [s, 3, H, W], {key, subject, caption})]}``; the ridge
+    yardstick writes its images the same way."""
     entries = [entry for index in sorted(grid) for entry in grid[index]]
     truth, recon = (torch.stack(x).float() / 255 for x in list(zip(*entries))[:2])  # n 3 H W, n s 3 H W
     with atomic.atomic_file(out / "grid.png") as f:

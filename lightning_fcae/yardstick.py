@@ -23,16 +23,16 @@ import torch.nn.functional as F
 from .clip_features import IMAGE_EMBED, ClipFeatureLookup, ensure_clip_cache, train_means
 from .data.datamodule import NSDDataModule
 from .metrics.identification import n_way_top1
-from .metrics.scoring import comparison_grid, subject_scores
+from .metrics.scoring import subject_scores
 from .models.clip import FrozenClip
 from .models.linear_path import LowLevelDecoder, VoxelLinearMap
-from .reconstruct import summarise
+from .reconstruct import GRID_PER_SUBJECT, summarise
 from .stages.linear_path import fit_linear_path, fit_lowlevel
 
 
-def _test_split(data: NSDDataModule, clip: FrozenClip) -> dict[int, dict[str, torch.Tensor]]:
-    """``{subject index: {fmri [n, V], image [n, 3, s, s] uint8, embed [n, D]}}`` of the test split, with
-    the CLIP embeddings its reconstructions are scored against."""
+def _test_split(data: NSDDataModule, clip: FrozenClip) -> dict[int, dict]:
+    """``{subject index: {fmri [n, V], image [n, 3, s, s] uint8, embed [n, D], key [n], caption [n]}}`` of
+    the test split, with the CLIP embeddings its reconstructions are scored against."""
     out: dict = defaultdict(lambda: defaultdict(list))
     with torch.no_grad():
         for batch in data.eval_dataloader("test"):
@@ -41,7 +41,13 @@ def _test_split(data: NSDDataModule, clip: FrozenClip) -> dict[int, dict[str, to
                 rows = batch["subject"] == subject
                 for key, value in (("fmri", batch["fmri"]), ("image", batch["image"]), ("embed", embed)):
                     out[subject][key].append(value[rows])
-    return {s: {k: torch.cat(v) for k, v in parts.items()} for s, parts in out.items()}
+                for i in rows.nonzero().flatten().tolist():
+                    out[subject]["key"].append(batch["key"][i])
+                    out[subject]["caption"].append(batch["captions"][i][0])
+    return {
+        s: {k: v if k in ("key", "caption") else torch.cat(v) for k, v in parts.items()}
+        for s, parts in out.items()
+    }
 
 
 def stage2_identification(
@@ -86,7 +92,8 @@ def ridge_yardstick(
     pixel_rank: int = 256,
 ) -> dict:
     """Per-subject ridge decoders; returns ``{"identification", "identification_per_subject", "recon",
-    "grid"}``: identification as stage 2's test figures (mean over subjects; ``rank``: the principal
+    "grid"}`` (``grid``: the ridge's images of the first test samples of each subject, in
+    :func:`~lightning_fcae.reconstruct.write_grid`'s form): identification as stage 2's test figures (mean over subjects; ``rank``: the principal
     directions of CLIP's tokens, as stage 2's ``linear_rank``), ``recon`` shaped like ``lightning-fcae
     reconstruct``'s metrics (``pixel_rank``: the principal directions of the images, as stage 3's
     ``lowlevel_rank``: its images are those ``lowlevel: ridge`` starts img2img from), ``grid`` test
@@ -99,7 +106,7 @@ def ridge_yardstick(
     test = _test_split(data, clip)
     recon: dict[str, dict] = {}
     counts: dict[str, int] = {}
-    grid = None
+    grid: dict[int, list] = {}  # the first test samples of each subject, as reconstruct picks its grid
     for index, name in enumerate(data.subjects):
         part = test[index]
         with torch.no_grad():
@@ -108,8 +115,10 @@ def ridge_yardstick(
             embeds = clip.image_embed(pred.float() / 255), part["embed"]
         recon[name] = subject_scores(pred, part["image"], embeds, n_way)
         counts[name] = len(pred)
-        if grid is None:
-            grid = comparison_grid(part["image"][:16].float() / 255, pred[:16, None].float() / 255)
+        grid[index] = [
+            (part["image"][i], pred[i : i + 1], {"key": key, "subject": name, "caption": part["caption"][i]})
+            for i, key in enumerate(part["key"][:GRID_PER_SUBJECT])
+        ]
     ways = dict.fromkeys(k for scores in identification.values() for k in scores)
     mean = {k: float(np.mean([s[k] for s in identification.values() if k in s])) for k in ways}
     meta = {"data_dir": data_dir, "split": "test", "subjects": counts, "images": sum(counts.values())}

@@ -39,4 +39,9 @@ def test_yardstick_scores_like_the_methods_and_finds_signal(synthetic_tiny):
     assert recon["raw"]["mean"]["pixcorr"] > 0.2
     assert 0.5 < recon["pairwise"]["mean"]["pairwise_pcc"] <= 1
     assert {"clip_score", "clip_2way", "clip_10way"} <= set(recon["raw"]["mean"])
-    assert recon["meta"]["images"] == 96 and result["grid"].shape[0] == 3
+    assert recon["meta"]["images"] == 96
+    # its images of each subject's first test samples, laid out as reconstruct's grid (the report's tiles)
+    assert set(result["grid"]) == {0, 1} and len(result["grid"][0]) == 8
+    truth, images, label = result["grid"][1][0]
+    assert truth.shape == (3, 16, 16) and images.shape == (1, 3, 16, 16) and images.dtype == torch.uint8
+    assert label["subject"] == "subj02" and label["key"] and label["caption"]

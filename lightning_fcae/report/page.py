@@ -186,8 +186,15 @@ def _seed_html(run_dir: Path, summary: dict) -> str:
         out.append(_html_table(_metric_table(summary["recon"]), "h4"))
     if summary.get("identification"):
         ident = ", ".join(f"{k} {v:.4f} (chance {_chance(k)})" for k, v in summary["identification"].items())
-        what = "ridge voxels -> CLIP embedding" if summary["method"] == "ridge" else "stage-2 fMRI embedding"
+        what = "ridge voxels -> CLIP tokens" if summary["method"] == "ridge" else "stage-2 fMRI embedding"
         out.append(f"<p>identification among CLIP image embeddings, {what} (test): {_e(ident)}</p>")
+    if summary.get("init") == "lowlevel":
+        choice = seed_dir / "strength" / "choice.json"
+        link = f" (<a href='{_link(run_dir, choice)}'>val scores</a>)" if choice.is_file() else ""
+        out.append(
+            f"<p>reconstructions start img2img from the ridge's low-level image at strength "
+            f"{_e(summary.get('strength'))}, chosen on val{link}</p>"
+        )
     if summary.get("seconds"):
         times = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
         out.append(f"<p>time: {_e(times)}</p>")
