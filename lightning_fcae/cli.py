@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from .parsers import convert_ldm_parser, reconstruct_parser, upgrade_checkpoint_parser
+from .parsers import convert_ldm_parser, reconstruct_parser
 
 if TYPE_CHECKING:
     from lightning.pytorch.cli import LightningCLI
@@ -188,17 +188,12 @@ EXTRA_COMMANDS = """lightning-fcae: LightningCLI's fit / validate / test / predi
   reconstruct --ckpt CKPT ...      stage-3 test-set reconstructions, grid and metrics
   report RUN_DIR                   report.html and Tables 2 / 3 of a pipeline run
   convert-ldm CKPT --config YAML   a CompVis LDM checkpoint -> a diffusers directory
-  upgrade-checkpoint CKPT ...      add the model record to checkpoints written before 2026-12-02
   stand-ins train|check|verify     the synthetic benchmark's shipped CLIP / LDM stand-ins
 each with its own --help.
 """
 # commands whose modules import torch: their options are parsed first, so --help and a usage error
 # answer before seconds of imports
-EARLY_PARSERS = {
-    "reconstruct": reconstruct_parser,
-    "convert-ldm": convert_ldm_parser,
-    "upgrade-checkpoint": upgrade_checkpoint_parser,
-}
+EARLY_PARSERS = {"reconstruct": reconstruct_parser, "convert-ldm": convert_ldm_parser}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,10 +211,6 @@ def main(argv: list[str] | None = None) -> None:
         from .convert_ldm import main as convert_ldm
 
         sys.exit(convert_ldm(argv[1:]))
-    if argv[0] == "upgrade-checkpoint":
-        from .stages.upgrade import main as upgrade_checkpoint
-
-        sys.exit(upgrade_checkpoint(argv[1:]))
     if argv[0] == "pipeline":
         from .pipeline import main as pipeline
 

@@ -1,5 +1,4 @@
-"""Argument parsers of the commands whose modules import torch (``reconstruct``, ``convert-ldm``,
-``upgrade-checkpoint``), kept apart so that ``--help`` and a mistyped option answer at once:
+"""Argument parsers of the commands whose modules import torch (``reconstruct``, ``convert-ldm``), kept apart so that ``--help`` and a mistyped option answer at once:
 :func:`lightning_fcae.cli.main` parses with them before importing the command."""
 
 from __future__ import annotations
@@ -89,16 +88,4 @@ def convert_ldm_parser() -> argparse.ArgumentParser:
         "from a source you know",
     )
     parser.add_argument("--overwrite", action="store_true")
-    return parser
-
-
-def upgrade_checkpoint_parser() -> argparse.ArgumentParser:
-    """``lightning-fcae upgrade-checkpoint``'s options."""
-    parser = argparse.ArgumentParser(
-        prog="lightning-fcae upgrade-checkpoint",
-        description="Add the models record to checkpoints written before checkpoints recorded their models.",
-    )
-    parser.add_argument(
-        "checkpoints", nargs="+", type=Path, help="checkpoints to upgrade in place (a run's stages in order)"
-    )
     return parser

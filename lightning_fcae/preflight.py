@@ -416,7 +416,7 @@ def checkpoint_bytes(
     nothing. Parameter counts: stage 1 as built; its image phase and stage 2 as stage 1 (the decoder goes,
     a token map comes); stage 3 stage 1's plus the UNet's cross-attention layers (its checkpoints leave
     the frozen LDM to its folder). At the paper's sizes: 1.3 GB for stage 1 (1.3 GB measured) and about
-    1.4 GB for stage 3 (its checkpoints held the whole LDM before 2026-12-02: ~3 GB measured then)."""
+    1.4 GB for stage 3."""
     sizes, fmri, counted = [], 0, {}  # counted: stage-1 config file -> parameters, built once
     seen = set()  # a stage 1 that methods share is one run
     for fit in fits:

@@ -209,7 +209,6 @@ print(code, "torch" in sys.modules, "lightning" in sys.modules, "usage" in out.g
         "stand-ins",
         "stand-ins check",
         "convert-ldm",
-        "upgrade-checkpoint",
         "data",
         "data inspect",
     ],

@@ -89,8 +89,8 @@ def ldm_reference(path: str | Path, recorded: dict | None = None) -> dict:
     checkpoint which leaves the frozen weights to the folder can tell whether it still holds the same
     ones, and ``files`` (:func:`ldm_files`). Hashing reads the whole folder (~1.6 GB at paper size), so
     when ``recorded`` (a checkpoint's ``ldm`` entry) lists the very same files, sizes and modification
-    times, its sha256 is taken as it is; anything else (a file touched, added, removed or rewritten, or a
-    record written before ``files`` existed) hashes the folder. Like make's, the shortcut trusts times:
+    times, its sha256 is taken as it is; anything else (a file touched, added, removed or rewritten) hashes
+    the folder. Like make's, the shortcut trusts times:
     bytes changed in place under the same size and mtime would pass. Nothing is written to the folder."""
     root = Path(path).resolve()
     files = ldm_files(root)
@@ -274,7 +274,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         reference = self.ldm_record()
         if reference is None:  # a random LDM (tests): nothing to point at, keep every weight
             return
-        # where this file will lie: the checkpoint callback's folder (upgrade-checkpoint rewrites it)
+        # where this file will lie: the checkpoint callback's folder
         callback = self._trainer and self.trainer.checkpoint_callback
         root = Path(callback.dirpath) if callback and callback.dirpath else Path.cwd()
         checkpoint["ldm"] = {**reference, "relative": os.path.relpath(reference["path"], root)}
