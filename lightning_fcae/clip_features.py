@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .atomic import atomic_folder
 from .data.schema import CAPTIONS_KEY, IMAGE_KEYS, MANIFEST_NAME, META_KEY, SPLITS, DatasetError, Manifest
-from .data.shards import decode_image, decode_json, iter_raw_samples, sha256_file, validate_captions
+from .data.shards import decode_image, decode_json, iter_raw_samples, validate_captions
 from .data.transforms import image_to_uint8_chw
+from .files.atomic import atomic_folder
+from .files.hashing import sha256_file
 
 if TYPE_CHECKING:  # models.clip imports open_clip (seconds): only the functions that load CLIP do
     from .models.clip import FrozenClip
@@ -212,9 +213,9 @@ def build_clip_cache(
     """Compute and write the cache for the manifest's ``splits`` (moves ``clip`` to ``device``).
 
     ``data_dir`` must be a local dataset: the features are written next to its shards.
-    Written into a temporary directory that is renamed into place (:func:`~lightning_fcae.atomic.
-    atomic_folder`), so an interrupted build never leaves a cache that reads as complete; an existing cache
-    of the same id is replaced.
+    Written into a temporary directory that is renamed into place
+    (:func:`~lightning_fcae.files.atomic.atomic_folder`), so an interrupted build never leaves a cache that
+    reads as complete; an existing cache of the same id is replaced.
     """
     data_dir = Path(data_dir)
     manifest = Manifest.load(data_dir)

@@ -72,7 +72,7 @@ class FCAECLI(LightningCLI):
         never replaces the previous ``last.ckpt``), unless the config names a CheckpointIO of its own."""
         from lightning.fabric.plugins import CheckpointIO
 
-        from .checkpoint_io import AtomicCheckpointIO
+        from .files.checkpoint_io import AtomicCheckpointIO
 
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import yaml
 
-from . import atomic
 from .data.schema import Manifest
+from .files import atomic
 from .plan import (
     STAGE_DEFAULTS,
     PlanError,

@@ -41,10 +41,10 @@ from torchvision.io import ImageReadMode, decode_png, encode_png, read_file
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from . import atomic
 from .data.datamodule import NSDDataModule
 from .data.schema import DatasetError
-from .data.shards import sha256_file
+from .files import atomic
+from .files.hashing import sha256_file
 from .metrics.scoring import comparison_grid, subject_scores
 from .models.checkpoints import CheckpointError
 from .models.factory import CheckpointFormatError

@@ -24,7 +24,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNe
 from diffusers.utils import numpy_to_pil
 from einops import rearrange
 
-from .atomic import atomic_folder
+from .files.atomic import atomic_folder
 from .models.condition import ClipCondition
 from .models.factory import CheckpointFormatError, checkpoint_models, load_model, read_checkpoint
 from .models.fmri_condition import FMRIConditionEncoder, fmri_batch
@@ -172,7 +172,7 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         )
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        """diffusers' ``save_pretrained``, atomically (:func:`~lightning_fcae.atomic.atomic_folder`): a kill
+        """diffusers' ``save_pretrained``, atomically (:func:`~lightning_fcae.files.atomic.atomic_folder`): a kill
         mid-export leaves the previous export whole (or none), never a folder of new config files beside
         old or cut-off weights."""
         with atomic_folder(save_directory) as tmp:

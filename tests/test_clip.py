@@ -26,7 +26,8 @@ from lightning_fcae.clip_features import (
     ensure_clip_cache,
 )
 from lightning_fcae.data.datamodule import NSDDataModule
-from lightning_fcae.data.shards import iter_raw_samples, sha256_file
+from lightning_fcae.data.shards import iter_raw_samples
+from lightning_fcae.files.hashing import sha256_file
 from lightning_fcae.models.clip import (
     FrozenClip,
     MissingWeightsError,

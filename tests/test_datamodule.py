@@ -23,7 +23,8 @@ from lightning_fcae.data.schema import (
     ShardCountError,
     ShardIntegrityError,
 )
-from lightning_fcae.data.shards import encode_npy, iter_raw_samples, sha256_file
+from lightning_fcae.data.shards import encode_npy, iter_raw_samples
+from lightning_fcae.files.hashing import sha256_file
 
 from .conftest import VOXELS
 

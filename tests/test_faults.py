@@ -23,9 +23,9 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from lightning_fcae.checkpoint_io import AtomicCheckpointIO
 from lightning_fcae.cli import main
 from lightning_fcae.data.schema import Manifest
+from lightning_fcae.files.checkpoint_io import AtomicCheckpointIO
 from lightning_fcae.pipeline import Pipeline
 from lightning_fcae.report.curves import training_losses
 
@@ -120,7 +120,7 @@ def test_the_next_write_removes_a_killed_writers_leftovers_and_keeps_a_live_writ
     """A writer killed mid-write leaves ``.NAME.PID.tmp``; one killed between atomic_folder's two renames
     leaves ``.NAME.old``. The next process that writes into the folder deletes them, but never the temporary
     file of a writer that is still running, nor an ``.old`` folder whose new copy never arrived."""
-    from lightning_fcae import atomic
+    from lightning_fcae.files import atomic
 
     folder = tmp_path / "run"
     folder.mkdir()

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from webdataset.tariterators import tarfile_samples
 
 from .. import __version__
+from ..files.hashing import sha256_file
 from .schema import (
     CAPTIONS_KEY,
     FMRI_KEY,
@@ -41,14 +42,6 @@ from .schema import (
 )
 
 _FIXED_MTIME = 0  # tar entries get a fixed mtime so shards are byte-identical for the same seed
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def encode_npy(array: np.ndarray) -> bytes:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..data.shards import sha256_file
+from ..files.hashing import sha256_file
 from ..models.align import FMRIAligner
 from ..models.condition import ClipCondition
 from ..models.factory import load_fmri_aligner, load_model

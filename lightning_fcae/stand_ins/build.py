@@ -19,8 +19,8 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import atomic_folder
 from ..data.schema import Manifest
+from ..files.atomic import atomic_folder
 from ..models.ldm import load_ldm, save_ldm
 from ..models.scene_classifier import SceneClassifier
 from ..pipeline import STAND_IN_STAGES, Pipeline
@@ -53,7 +53,7 @@ SHIPPED_PARTS = ("clip", "ldm", "classifier", "checks.json", "manifest.json")  #
 
 def ship(runs: Path, out: Path, data_dir: str, command: str) -> StandIns:
     """Write the stand-ins folder ``out`` from the finished runs in ``runs`` (see the module doc), whole or
-    not at all: built beside it and swapped in (:func:`~lightning_fcae.atomic.atomic_folder`)."""
+    not at all: built beside it and swapped in (:func:`~lightning_fcae.files.atomic.atomic_folder`)."""
     shared = runs / "shared"
     run_dirs = {name: shared / name for name in STAND_IN_STAGES}
     for run_dir in run_dirs.values():
