@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 # the Python API, imported on first use: `import lightning_fcae` (and the CLI's --help) stays light
 _API = {
-    "FMRIReconstructionPipeline": "lightning_fcae.reconstruction_pipeline",
+    "FMRIReconstructionPipeline": "lightning_fcae.inference.reconstruction_pipeline",
     "load_fmri_encoder": "lightning_fcae.models.factory",
 }
 __all__ = list(_API)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from .parsers import convert_ldm_parser, reconstruct_parser
+from .inference.parser import reconstruct_parser
+from .parsers import convert_ldm_parser
 
 if TYPE_CHECKING:
     from lightning.pytorch.cli import LightningCLI
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(pipeline(argv[1:]))
     if argv[0] == "reconstruct":
-        from .reconstruct import main as reconstruct
+        from .inference.reconstruct import main as reconstruct
 
         sys.exit(reconstruct(argv[1:]))
     if argv[0] == "stand-ins":

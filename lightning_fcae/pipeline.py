@@ -792,8 +792,8 @@ def parameter_counts(root: Path) -> dict[str, int]:
     """fMRI side (stage-1 encoder + regressor: the paper's Table 3 count) and, with stage 3, the whole
     reconstruction model (fMRI encoder + token map, condition encoder, UNet, VQ: its Table 2 count),
     rebuilt from the checkpoints' model records (a stage-3 checkpoint leaves the frozen LDM to its folder)."""
+    from .inference.reconstruction_pipeline import FMRIReconstructionPipeline
     from .models.factory import load_model
-    from .reconstruction_pipeline import FMRIReconstructionPipeline
 
     def count(module) -> int:
         return sum(p.numel() for p in module.parameters())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .parsers import reconstruct_parser
+from .inference.parser import reconstruct_parser
 
 
 class PlanError(ValueError):

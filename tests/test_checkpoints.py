@@ -11,10 +11,14 @@ import torch
 from diffusers import ImagePipelineOutput
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_fcae.inference.reconstruction_pipeline import (
+    FMRIReconstructionPipeline,
+    MissingLDMError,
+    resolve_ldm,
+)
 from lightning_fcae.models.factory import CheckpointFormatError, load_model
 from lightning_fcae.models.fmri_condition import FMRIInputError
 from lightning_fcae.models.ldm import build_ldm, save_ldm
-from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline, MissingLDMError, resolve_ldm
 from lightning_fcae.stages import FCAEPretrain
 from lightning_fcae.stages.diffusion import LDMFinetune
 from tests.test_reconstruct import V, _datamodule, _textured_dataset, _trainer
@@ -127,7 +131,7 @@ def test_an_unchanged_ldm_folder_is_not_hashed_again(run_folder, tmp_path, monke
     """A stage-3 checkpoint records its LDM folder's sha256 and each file's size and mtime: a load or a
     resume that finds the folder as recorded takes the sha256 without reading ~1.6 GB (paper size) again;
     a touched file makes it hash the folder (same bytes: accepted), other bytes are refused as before."""
-    import lightning_fcae.stages.diffusion as diffusion
+    import lightning_fcae.models.ldm_reference as reference
 
     _, run, _ = run_folder
     copy = shutil.copytree(run, tmp_path / "run")  # copy2: sizes and modification times kept
@@ -135,8 +139,8 @@ def test_an_unchanged_ldm_folder_is_not_hashed_again(run_folder, tmp_path, monke
     files = sorted(p.relative_to(ldm).as_posix() for p in ldm.rglob("*") if p.is_file())
     recorded = torch.load(ckpt, weights_only=True)["ldm"]
     assert sorted(recorded["files"]) == files
-    hashed, sha256_file = [], diffusion.sha256_file
-    monkeypatch.setattr(diffusion, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    hashed, sha256_file = [], reference.sha256_file
+    monkeypatch.setattr(reference, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
 
     def resume(folder, checkpoint=recorded):  # what a resumed stage 3 checks (on_load_checkpoint)
         module = LDMFinetune(V, pretrained_ldm=str(folder), clip_tokens=5, clip_dim=16)
@@ -146,7 +150,7 @@ def test_an_unchanged_ldm_folder_is_not_hashed_again(run_folder, tmp_path, monke
     FMRIReconstructionPipeline.from_checkpoint(ckpt)
     record = resume(ldm).ldm_record()
     assert (record["sha256"], record["files"]) == (recorded["sha256"], recorded["files"]) and hashed == []
-    # a record written before sizes and times were: hashed, as before
+    # a record that lists no files: the folder is hashed
     assert resolve_ldm({k: v for k, v in recorded.items() if k != "files"}, ckpt).resolve() == ldm
     assert len(hashed) == len(files)
     # a file touched, the same bytes: hashed, and accepted

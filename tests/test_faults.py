@@ -148,7 +148,7 @@ def test_the_next_write_removes_a_killed_writers_leftovers_and_keeps_a_live_writ
 def test_an_export_killed_half_way_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     """FMRIReconstructionPipeline.save_pretrained writes through atomic_folder: killed while writing the
     weights, the folder still holds the previous export, which loads."""
-    from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline
+    from lightning_fcae.inference.reconstruction_pipeline import FMRIReconstructionPipeline
 
     _, checkpoint = train_stage3(tmp_path, steps=1)
     pipe = FMRIReconstructionPipeline.from_pretrained(checkpoint)

@@ -17,6 +17,7 @@ ALLOWED = {
     "models": {"files"},
     "metrics": set(),
     "data": {"metrics", "files", "__version__"},
+    "inference": {"files", "models", "metrics", "data"},
 }
 
 

@@ -15,9 +15,9 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_fcae.cli import main as cli_main
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.data.shards import DatasetWriter
+from lightning_fcae.inference.reconstruct import ReconstructionError, reconstruct_split
+from lightning_fcae.inference.reconstruction_pipeline import FMRIReconstructionPipeline
 from lightning_fcae.metrics.callbacks import ReconstructionMetrics
-from lightning_fcae.reconstruct import ReconstructionError, reconstruct_split
-from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline
 from lightning_fcae.stages.diffusion import LDMFinetune
 from tests.conftest import VOXELS
 from tests.ddp import run_ranks

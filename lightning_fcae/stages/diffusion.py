@@ -16,7 +16,6 @@ reads; a CompVis LDM has none, and fine-tuning starts a fresh one.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Literal
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..files.hashing import sha256_file
+from ..inference.sampling import sample_conditioned
 from ..models.align import FMRIAligner
 from ..models.condition import ClipCondition
 from ..models.factory import load_fmri_aligner, load_model
@@ -39,10 +38,10 @@ from ..models.ldm import (
     to_model_range,
     vq_downsampling,
 )
+from ..models.ldm_reference import ldm_files, ldm_reference
 from ..models.linear_path import LowLevelDecoder
 from ..models.sizes import model_size
 from ..models.vit import FMRIEncoder
-from ..sampling import sample_conditioned
 from .chain import STAGE2_WRITER, require_checkpoint
 from .linear_path import LinearPathError, fit_lowlevel
 from .optim import adamw_warmup_cosine
@@ -72,32 +71,6 @@ def stage3_aligner(
         )
     aligner.regressor = None  # stage 3 encodes every patch (model_args follow: None recorded)
     return aligner
-
-
-def ldm_files(root: Path) -> dict[str, list[int]]:
-    """``{path relative to root: [size, mtime_ns]}`` of every file under an LDM folder, in the order the
-    folder's sha256 lists them: a stat of each file, nothing read."""
-    files = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = path.stat()
-        files[path.relative_to(root).as_posix()] = [stat.st_size, stat.st_mtime_ns]
-    return files
-
-
-def ldm_reference(path: str | Path, recorded: dict | None = None) -> dict:
-    """``{path, sha256, files}`` of an LDM folder: ``sha256`` of its files' names and sha256s, so that a
-    checkpoint which leaves the frozen weights to the folder can tell whether it still holds the same
-    ones, and ``files`` (:func:`ldm_files`). Hashing reads the whole folder (~1.6 GB at paper size), so
-    when ``recorded`` (a checkpoint's ``ldm`` entry) lists the very same files, sizes and modification
-    times, its sha256 is taken as it is; anything else (a file touched, added, removed or rewritten) hashes
-    the folder. Like make's, the shortcut trusts times:
-    bytes changed in place under the same size and mtime would pass. Nothing is written to the folder."""
-    root = Path(path).resolve()
-    files = ldm_files(root)
-    if recorded is not None and recorded.get("files") == files:
-        return {"path": str(root), "sha256": recorded["sha256"], "files": files}
-    listing = "\n".join(f"{name} {sha256_file(root / name)}" for name in files)
-    return {"path": str(root), "sha256": hashlib.sha256(listing.encode()).hexdigest(), "files": files}
 
 
 def fmri_preprocessing(stats: dict, num_voxels: int) -> dict:
@@ -156,7 +129,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
     and leave its frozen UNet and VQ weights out (at paper size ~3 GB less per checkpoint). They also
     record the models (``models/factory.py``) and the data's per-subject normalisation
     (``checkpoint["fmri_preprocessing"]``), so that the reconstruction pipeline
-    (:mod:`lightning_fcae.reconstruction_pipeline`) rebuilds everything from the checkpoint and the LDM.
+    (:mod:`lightning_fcae.inference.reconstruction_pipeline`) rebuilds everything from the checkpoint and the LDM.
 
     Args:
         num_voxels: padded voxel count (linked from the DataModule by the CLI).

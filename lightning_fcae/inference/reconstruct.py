@@ -41,19 +41,19 @@ from torchvision.io import ImageReadMode, decode_png, encode_png, read_file
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from .data.datamodule import NSDDataModule
-from .data.schema import DatasetError
-from .files import atomic
-from .files.hashing import sha256_file
-from .metrics.scoring import comparison_grid, subject_scores
-from .models.checkpoints import CheckpointError
-from .models.factory import CheckpointFormatError
-from .parsers import reconstruct_parser
+from ..data.datamodule import NSDDataModule
+from ..data.schema import DatasetError
+from ..files import atomic
+from ..files.hashing import sha256_file
+from ..metrics.scoring import comparison_grid, subject_scores
+from ..models.checkpoints import CheckpointError
+from ..models.factory import CheckpointFormatError
+from .parser import reconstruct_parser
 from .reconstruction_pipeline import FMRIReconstructionPipeline, find_stage3_checkpoint
 from .sampling import Img2ImgError, check_strength
 
 if TYPE_CHECKING:
-    from .models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
+    from ..models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
 
 GRID_PER_SUBJECT = 8
 BLOCKS = ("raw", "pairwise", "perceptual")
@@ -263,7 +263,7 @@ def reconstruct_split(
         )
     clip = None
     if clip_model:
-        from .models.clip import load_clip
+        from ..models.clip import load_clip
 
         clip = load_clip(clip_model, clip_pretrained).to(device)
     # what the PNGs depend on; checked once the inputs are known to be usable
