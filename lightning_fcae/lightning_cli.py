@@ -7,10 +7,9 @@ from __future__ import annotations
 import logging
 import warnings
 
-import torch
 from lightning.pytorch.cli import LightningCLI
 
-from .plan import STAGE_DEFAULTS
+from .stages.defaults import STAGE_DEFAULTS, default_precision
 
 # Lightning's loggers for its rank-zero messages (lightning and lightning_fabric each set one)
 RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
@@ -34,16 +33,9 @@ def silence_known_noise() -> None:
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 
 
-def default_precision() -> str:
-    """bf16-mixed where the GPU supports it, full fp32 on CPU (bf16 matmuls are slow there)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
 class FCAECLI(LightningCLI):
     """LightningCLI that feeds the DataModule's padded voxel count to the model, and lays every config on
-    what the stage configs share (:data:`~lightning_fcae.plan.STAGE_DEFAULTS`: the trainer's callbacks
+    what the stage configs share (:data:`~lightning_fcae.stages.defaults.STAGE_DEFAULTS`: the trainer's callbacks
     and logger)."""
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:

@@ -13,7 +13,7 @@ seed, the chain the method needs and writes one folder per stage::
                                                  is refused)
 
 Every stage is a plain ``lightning fit --config STAGE/run.yaml`` subprocess: ``run.yaml`` is the stage's
-config (``configs/<stage>.yaml``, laid on the shared ``lightning_fcae/stage_defaults.yaml``) merged with
+config (``configs/<stage>.yaml``, laid on the shared ``lightning_fcae/stages/stage_defaults.yaml``) merged with
 the plan's overrides and the run's paths, so any row can be re-run by hand with exactly that command. A
 stage that finished (``STAGE/done-fit.json``) is skipped when the pipeline is run again, and an
 interrupted one resumes from its ``last.ckpt`` (saved every epoch).
@@ -45,7 +45,6 @@ import yaml
 from .data.schema import Manifest
 from .files import atomic
 from .plan import (
-    STAGE_DEFAULTS,
     PlanError,
     changed_keys,
     check_plan,
@@ -55,6 +54,7 @@ from .plan import (
 )
 from .progress import Progress, clock, fit_work
 from .run_lock import die_with_parent, run_lock
+from .stages.defaults import STAGE_DEFAULTS
 
 
 @dataclass(frozen=True)

@@ -308,7 +308,7 @@ def check_devices(findings: Findings, configs: dict[tuple[str, str], dict]) -> N
     for: Lightning's own checks, with its own messages, in milliseconds rather than at a stage's start."""
     from lightning.pytorch import Trainer
 
-    from .lightning_cli import default_precision
+    from .stages.defaults import default_precision
 
     wanted: dict[tuple, list[str]] = {}
     for (stage, config_file), config in configs.items():
@@ -490,7 +490,7 @@ def clip_cache_bytes(pipeline: Pipeline, fits: list[Task], manifest: Manifest, c
         return 0
     given = pipeline.given_clip()
     if given is not None:
-        from .clip_features import cache_status, clip_cache_id
+        from .stages.clip_features import cache_status, clip_cache_id
 
         with contextlib.suppress(Exception):  # weights that do not load are reported elsewhere
             if cache_status(pipeline.data_dir, clip_cache_id(*given)) == "hit":

@@ -252,7 +252,7 @@ def test_what_every_stage_printed_for_nothing_is_silenced(caplog):
     import warnings
 
     from lightning_fcae.lightning_cli import RANK_ZERO_LOGGERS, silence_known_noise
-    from lightning_fcae.loggers import WandbLogger
+    from lightning_fcae.stages.loggers import WandbLogger
 
     silence_known_noise()
     with caplog.at_level(logging.INFO):

@@ -18,6 +18,7 @@ ALLOWED = {
     "metrics": set(),
     "data": {"metrics", "files", "__version__"},
     "inference": {"files", "models", "metrics", "data"},
+    "stages": {"files", "models", "metrics", "data", "inference", "__version__"},
 }
 
 

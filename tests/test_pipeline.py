@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from lightning_fcae.pipeline import METHODS, Pipeline, last_csv_values, main
-from lightning_fcae.plan import STAGE_DEFAULTS, PlanError, deep_merge
+from lightning_fcae.plan import PlanError, deep_merge
+from lightning_fcae.stages.defaults import STAGE_DEFAULTS
 
 # Every stage for a couple of steps on tiny data: what is tested is the chain, not the learning.
 FAST = {"trainer": {"max_epochs": 1, "max_steps": 2, "limit_val_batches": 1, "log_every_n_steps": 1}}

@@ -182,7 +182,8 @@ def test_stage2_checkpoint_feeds_stage3(toy_dataset, tmp_path):
 
 
 def test_stage3_takes_stage2s_token_map_on_the_same_clip_grid(toy_dataset, tmp_path):
-    from lightning_fcae.stages.diffusion import LDMFinetune, stage3_aligner
+    from lightning_fcae.stages.diffusion import LDMFinetune
+    from lightning_fcae.stages.stage3_aligner import stage3_aligner
 
     dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
     module = FCAEAlign(dm.num_voxels, **TINY_CLIP)

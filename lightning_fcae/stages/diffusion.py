@@ -21,14 +21,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..inference.sampling import sample_conditioned
 from ..models.align import FMRIAligner
 from ..models.condition import ClipCondition
-from ..models.factory import load_fmri_aligner, load_model
 from ..models.ldm import (
     LDMConfigName,
     add_time_conditioning,
@@ -43,34 +40,13 @@ from ..models.linear_path import LowLevelDecoder
 from ..models.sizes import model_size
 from ..models.vit import FMRIEncoder
 from .chain import STAGE2_WRITER, require_checkpoint
+from .diffusion_loss import diffusion_loss
 from .linear_path import LinearPathError, fit_lowlevel
 from .optim import adamw_warmup_cosine
 from .pretrain import ModelSize
 from .records import RecordsModels
 from .seeding import RankSeededModule
-
-
-def stage3_aligner(
-    path: str, clip_tokens: int, clip_dim: int, embed_rank: int = 8, pinned: bool = True
-) -> FMRIAligner:
-    """The fMRI side of stage 3 from a stage-2 or stage-1 checkpoint, on CPU: encoder + token map onto a
-    ``clip_tokens x clip_dim`` grid, without the fCAE regressor (stage 3 encodes every patch).
-
-    A stage-2 checkpoint brings the token map it trained: on that grid, which must be the requested one
-    when it is ``pinned`` (by an LDM pretrained on that CLIP). A stage-1 encoder (MinD-Vis, vis-dec,
-    Table 3's F row) gets a new, randomly initialised token map that stage 3 trains.
-    """
-    aligner = load_fmri_aligner(path)
-    if aligner is None:  # stage 1
-        return FMRIAligner(load_model(path, "model").encoder, None, clip_tokens, clip_dim, embed_rank)
-    grid = token_grid(aligner)
-    if pinned and grid != (clip_tokens, clip_dim):
-        raise ValueError(
-            f"{path} aligns the fMRI encoder to {grid[0]} x {grid[1]} CLIP tokens, the LDM's condition takes "
-            f"{clip_tokens} x {clip_dim}: stage 2 and the LDM must use the same CLIP model"
-        )
-    aligner.regressor = None  # stage 3 encodes every patch (model_args follow: None recorded)
-    return aligner
+from .stage3_aligner import stage3_aligner, token_grid
 
 
 def fmri_preprocessing(stats: dict, num_voxels: int) -> dict:
@@ -84,34 +60,6 @@ def fmri_preprocessing(stats: dict, num_voxels: int) -> dict:
         for name, (mean, std) in stats.items()
     }
     return {"num_voxels": num_voxels, "subjects": subjects}
-
-
-def token_grid(aligner: FMRIAligner) -> tuple[int, int]:
-    """(tokens, width) of the CLIP grid an aligner's token map writes."""
-    return aligner.mapper.token_map.out_features, aligner.mapper.proj.out_features
-
-
-def diffusion_loss(
-    unet, scheduler: DDPMScheduler, latents: torch.Tensor, generator: torch.Generator | None = None, **cond
-) -> torch.Tensor:
-    """Eq. 5: noise the latents at a uniform random timestep and regress the noise (or v / x0 when the
-    scheduler was trained with that ``prediction_type``)."""
-    b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    t = torch.randint(
-        0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=latents.device
-    )
-    noisy = scheduler.add_noise(latents, noise, t)
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, t)
-    elif kind == "sample":  # the clean latents
-        target = latents
-    else:
-        raise ValueError(f"unknown prediction_type {kind!r}: epsilon, v_prediction or sample")
-    return F.mse_loss(unet(noisy, t, **cond).sample.float(), target.float())
 
 
 class LDMFinetune(RecordsModels, RankSeededModule):

@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, VQModel
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..clip_features import IMAGE_TOKENS, TEXT_EMBED, prepare_clip_features, stream_clip_features, train_means
 from ..files.atomic import save_pretrained
 from ..models.condition import ClipCondition
 from ..models.ldm import LDM, LDMConfigName, build_unet, build_vq, save_ldm, to_model_range
 from ..models.ldm import ldm_config as named_ldm_config
-from .diffusion import diffusion_loss
+from .clip_features import IMAGE_TOKENS, TEXT_EMBED, prepare_clip_features, stream_clip_features, train_means
+from .diffusion_loss import diffusion_loss
 from .optim import adamw_warmup_cosine
 from .seeding import RankSeededModule
 
