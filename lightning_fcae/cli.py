@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(convert_ldm(argv[1:]))
     if argv[0] == "pipeline":
-        from .pipeline import main as pipeline
+        from .runs.pipeline import main as pipeline
 
         sys.exit(pipeline(argv[1:]))
     if argv[0] == "reconstruct":

@@ -26,8 +26,8 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning_fcae.cli import main
 from lightning_fcae.data.schema import Manifest
 from lightning_fcae.files.checkpoint_io import AtomicCheckpointIO
-from lightning_fcae.pipeline import Pipeline
 from lightning_fcae.report.curves import training_losses
+from lightning_fcae.runs.pipeline import Pipeline
 
 from .conftest import write_toy_dataset
 from .test_pipeline import tiny_plan

@@ -10,8 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["StandInError", "StandIns", "load_stand_ins", "main"]
+__all__ = ["STAND_IN_STAGES", "StandInError", "StandIns", "load_stand_ins", "main"]
 SHIPPED = ("StandInError", "StandIns", "load_stand_ins")
+# the pipeline stages that train the stand-ins and the checks' judge, each into OUT/shared/<stage>
+STAND_IN_STAGES = ("clip_pretrain", "ldm_vq", "ldm_unet", "classifier")
 
 
 def __getattr__(name: str):
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .. import plan as plans
+    from ..runs import plan as plans
     from .shipped import StandInError, load_stand_ins
 
     try:
@@ -66,14 +68,15 @@ def main(argv: list[str] | None = None) -> int:
             stand_ins = load_stand_ins(args.folder, args.data)
             print(format_checks(run_checks(stand_ins, args.data, steps=args.steps, guidance=args.guidance)))
         else:
-            from .build import COMMAND, ship, train
+            from ..runs.pipeline import Pipeline
+            from .build import COMMAND, ship
 
             plan = plans.load_yaml(args.plan)
             data = args.data or plan.get("data_dir")
             if not data:
                 raise plans.PlanError(f"{args.plan}: no data_dir (or pass --data)")
             plan |= {"data_dir": data, "stand_ins": None, "clip_pretrained": None, "pretrained_ldm": None}
-            train(plan, args.runs, args.configs)
+            Pipeline(plan, args.runs, args.configs).train_stand_ins()
             command = COMMAND.format(plan=args.plan, data=data, runs=args.runs, out=args.out)
             stand_ins = ship(args.runs, args.out, data, command)
             print(f"wrote {stand_ins.root} (cards: */CARD.md, figures: checks.json)")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from .inference.parser import reconstruct_parser
-from .stages.defaults import STAGE_DEFAULTS
+from ..inference.parser import reconstruct_parser
+from ..stages.defaults import STAGE_DEFAULTS
 
 
 class PlanError(ValueError):
