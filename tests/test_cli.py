@@ -230,7 +230,7 @@ def test_reconstruct_help_shows_the_defaults(capsys):
 
 
 def test_wandb_is_offline_unless_logged_in_to_the_configured_server(tmp_path, monkeypatch):
-    from lightning_fcae.cli import default_wandb_mode
+    from lightning_fcae.cli.commands import default_wandb_mode
 
     netrc = tmp_path / "netrc"
     netrc.write_text("machine wandb.example.org\n  login user\n  password key\n")
@@ -251,7 +251,7 @@ def test_what_every_stage_printed_for_nothing_is_silenced(caplog):
     import logging
     import warnings
 
-    from lightning_fcae.lightning_cli import RANK_ZERO_LOGGERS, silence_known_noise
+    from lightning_fcae.cli.lightning_cli import RANK_ZERO_LOGGERS, silence_known_noise
     from lightning_fcae.stages.loggers import WandbLogger
 
     silence_known_noise()

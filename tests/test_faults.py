@@ -168,8 +168,8 @@ def test_an_export_killed_half_way_leaves_the_previous_one_whole(tmp_path, monke
 
 
 def test_every_cli_trainer_writes_checkpoints_atomically(toy_dataset, tmp_path):
+    from lightning_fcae.cli.lightning_cli import FCAECLI
     from lightning_fcae.data.datamodule import NSDDataModule
-    from lightning_fcae.lightning_cli import FCAECLI
 
     args = [
         f"--config={REPO / 'configs' / 'stage1_fcae.yaml'}",

@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
+from lightning_fcae.cli.pipeline import main
 from lightning_fcae.runs.methods import METHODS
-from lightning_fcae.runs.pipeline import Pipeline, main
+from lightning_fcae.runs.pipeline import Pipeline
 from lightning_fcae.runs.plan import PlanError, deep_merge
 from lightning_fcae.runs.stage_runner import last_csv_values
 from lightning_fcae.stages.defaults import STAGE_DEFAULTS

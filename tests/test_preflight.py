@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_fcae.cli.pipeline import main
 from lightning_fcae.data.schema import Manifest
-from lightning_fcae.runs.pipeline import Pipeline, main
+from lightning_fcae.runs.pipeline import Pipeline
 from lightning_fcae.runs.preflight import preflight
 from lightning_fcae.runs.preflight_findings import Findings
 from tests.test_pipeline import tiny_plan, write_plan

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_fcae.cli.stand_ins import main as stand_ins_main
 from lightning_fcae.models.clip import load_clip
 from lightning_fcae.models.ldm import load_ldm
 from lightning_fcae.models.scene_classifier import SceneClassifier
 from lightning_fcae.runs.pipeline import Pipeline
 from lightning_fcae.stand_ins import StandInError, load_stand_ins
-from lightning_fcae.stand_ins import main as stand_ins_main
 from lightning_fcae.stand_ins.shipped import dataset_identity, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]

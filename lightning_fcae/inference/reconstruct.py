@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,15 +41,12 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from ..data.datamodule import NSDDataModule
-from ..data.schema import DatasetError
 from ..files import atomic
 from ..files.hashing import sha256_file
 from ..metrics.scoring import comparison_grid, subject_scores
-from ..models.checkpoints import CheckpointError
 from ..models.factory import CheckpointFormatError
-from .parser import reconstruct_parser
 from .reconstruction_pipeline import FMRIReconstructionPipeline, find_stage3_checkpoint
-from .sampling import Img2ImgError, check_strength
+from .sampling import check_strength
 
 if TYPE_CHECKING:
     from ..models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
@@ -358,16 +354,3 @@ def format_metrics(metrics: dict) -> str:
         if metrics[block].get("skipped"):
             lines.append(f"{block:<11}skipped: {', '.join(metrics[block]['skipped'])}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``lightning-fcae reconstruct --ckpt CKPT --data DIR --out DIR [...]``."""
-    args = reconstruct_parser().parse_args(argv)
-    try:
-        metrics = reconstruct_split(**vars(args))
-    except (ReconstructionError, Img2ImgError, CheckpointError, FileNotFoundError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_metrics(metrics))
-    print(f"wrote {args.out}/images, {args.out}/grid.png, {args.out}/metrics.json")
-    return 0

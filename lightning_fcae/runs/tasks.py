@@ -22,7 +22,9 @@ class Task:
     """One task of a run (:meth:`Run.tasks`): a ``lightning fit`` or stage 2's ``test`` of a stage from
     its config file, a method's reconstruction, or the ridge yardstick; ``stage_dir`` is where it writes."""
 
-    command: str  # fit | test | strength | reconstruct | ridge: the word the console and the progress name it by
+    command: (
+        str  # fit | test | strength | reconstruct | ridge: the word the console and the progress name it by
+    )
     stage_dir: Path
     stage: str = ""  # fit and test: the stage's name in a plan (its overrides: stages.<stage>)
     config_file: str = ""  # fit and test: the stage config, a file name under the configs folder

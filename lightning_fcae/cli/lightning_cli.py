@@ -1,5 +1,5 @@
 """The LightningCLI subclass behind ``lightning fit`` and ``lightning-fcae fit``: apart from
-:mod:`lightning_fcae.cli` because importing it imports Lightning and torch (seconds of CPU), which the
+:mod:`lightning_fcae.cli.commands` because importing it imports Lightning and torch (seconds of CPU), which the
 other commands' ``--help`` must not wait for."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
-from .stages.defaults import STAGE_DEFAULTS, default_precision
+from ..stages.defaults import STAGE_DEFAULTS, default_precision
 
 # Lightning's loggers for its rank-zero messages (lightning and lightning_fabric each set one)
 RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
@@ -64,7 +64,7 @@ class FCAECLI(LightningCLI):
         never replaces the previous ``last.ckpt``), unless the config names a CheckpointIO of its own."""
         from lightning.fabric.plugins import CheckpointIO
 
-        from .files.checkpoint_io import AtomicCheckpointIO
+        from ..files.checkpoint_io import AtomicCheckpointIO
 
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
@@ -75,7 +75,7 @@ class FCAECLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """LightningCLI loads ``--ckpt_path`` here, before anything else: a damaged file is named with
         the fix first, instead of ``PytorchStreamReader failed ...`` (no file named) on every rerun."""
-        from .models.checkpoints import check_checkpoint
+        from ..models.checkpoints import check_checkpoint
 
         subcommand = self.config.get("subcommand")
         path = subcommand and self.config[subcommand].get("ckpt_path")
