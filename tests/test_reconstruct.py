@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_fcae.cli import main as cli_main
 from lightning_fcae.data.datamodule import NSDDataModule
-from lightning_fcae.data.shards import DatasetWriter
+from lightning_fcae.data.writer import DatasetWriter
 from lightning_fcae.inference.reconstruct import ReconstructionError, reconstruct_split
 from lightning_fcae.inference.reconstruction_pipeline import FMRIReconstructionPipeline
 from lightning_fcae.metrics.callbacks import ReconstructionMetrics
