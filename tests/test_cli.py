@@ -176,6 +176,28 @@ def test_fit_setup_mistakes_are_one_error_line(toy_dataset, tmp_path, monkeypatc
         assert "Traceback" not in err, err[-500:]
 
 
+def test_a_saved_config_naming_a_moved_module_says_where_it_went(toy_dataset, tmp_path, monkeypatch, capsys):
+    """A run folder saved before the package root was grouped into folders (issue 24) names e.g.
+    ``lightning_fcae.loggers.WandbLogger`` in its run.yaml: fitting it names the module's new path (in
+    jsonargparse's error, after the usage), and so does importing the old module in Python."""
+    monkeypatch.chdir(tmp_path)
+    saved = tmp_path / "run.yaml"
+    saved.write_text(
+        "model:\n  class_path: lightning_fcae.stages.FCAEPretrain\n  init_args: {size: tiny}\n"
+        f"data:\n  class_path: lightning_fcae.data.datamodule.NSDDataModule\n  init_args: {{data_dir: {toy_dataset}}}\n"
+        "trainer:\n  fast_dev_run: true\n  logger:\n    class_path: lightning_fcae.loggers.WandbLogger\n"
+    )
+    assert _run(["fit", f"--config={saved}"]) == 2
+    moved = (
+        "lightning_fcae.loggers moved to lightning_fcae.stages.loggers: edit the class_path in your config"
+    )
+    assert moved in capsys.readouterr().err
+    with pytest.raises(
+        ModuleNotFoundError, match="lightning_fcae.pipeline moved to lightning_fcae.runs.pipeline"
+    ):
+        import lightning_fcae.pipeline  # noqa: F401
+
+
 def test_help_lists_the_extra_subcommands(capsys, monkeypatch):
     assert _run(["--help"]) == 0
     out = capsys.readouterr().out
