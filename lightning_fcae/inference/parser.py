@@ -1,6 +1,6 @@
 """``lightning-fcae reconstruct``'s options, apart from :mod:`.reconstruct` (which imports torch), so that
 ``--help`` and a mistyped option answer at once; a pipeline plan's ``reconstruct:`` section is checked
-against them too (:func:`lightning_fcae.plan.reconstruct_options`)."""
+against them too (:func:`lightning_fcae.runs.plan.reconstruct_options`)."""
 
 from __future__ import annotations
 

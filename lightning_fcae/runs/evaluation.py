@@ -66,7 +66,7 @@ class Evaluation(StageRunner):
 
     def ridge(self, task: Task, clip: tuple[str, str]) -> None:
         """``OUT/ridge/seed0/summary.json``: per-subject ridge decoders from voxels, scored like the
-        methods (:mod:`lightning_fcae.yardstick`); recomputed only when its settings change."""
+        methods (:mod:`lightning_fcae.runs.yardstick`); recomputed only when its settings change."""
         root, key = task.stage_dir, self.task_key(task.stage_dir, task.command)
         stage3 = deep_merge(
             load_stage_config(self.configs / STAGE_CONFIGS["stage3"]), self.overrides.get("stage3", {})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 # What every stage config shares (trainer callbacks, logger): LightningCLI's default config for every
 # subcommand (lightning_fcae.cli.lightning_cli.FCAECLI), and the base the pipeline lays a stage config on
-# (lightning_fcae.plan.load_stage_config).
+# (lightning_fcae.runs.plan.load_stage_config).
 STAGE_DEFAULTS = Path(__file__).with_name("stage_defaults.yaml")
 
 

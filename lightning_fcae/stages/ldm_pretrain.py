@@ -15,7 +15,7 @@ the benchmark's training split in two runs (``part``), and exports a diffusers d
 
 Latents are scaled to unit std by the first batch (LDM's ``scale_by_std``); the scale is exported as the
 VQ's ``scaling_factor``. The ``unet`` run streams the frozen CLIP's features from the feature cache
-(:mod:`lightning_fcae.clip_features`; ``clip_model``), the same cache and training-split means stage 2
+(:mod:`lightning_fcae.stages.clip_features`; ``clip_model``), the same cache and training-split means stage 2
 centres its targets with.
 """
 
