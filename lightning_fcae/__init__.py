@@ -28,7 +28,7 @@ MOVED = {
     "lightning_fcae.sampling": "lightning_fcae.inference.sampling",
     "lightning_fcae.reconstruction_pipeline": "lightning_fcae.inference.reconstruction_pipeline",
     "lightning_fcae.reconstruct": "lightning_fcae.inference.reconstruct",
-    "lightning_fcae.parsers": "lightning_fcae.inference.parser (reconstruct) and lightning_fcae.cli.convert_ldm",
+    "lightning_fcae.parsers": "lightning_fcae.inference.parser and lightning_fcae.cli.convert_ldm",
     "lightning_fcae.clip_features": "lightning_fcae.stages.clip_features",
     "lightning_fcae.loggers": "lightning_fcae.stages.loggers",
     "lightning_fcae.plan": "lightning_fcae.runs.plan",

@@ -184,7 +184,8 @@ def test_a_saved_config_naming_a_moved_module_says_where_it_went(toy_dataset, tm
     saved = tmp_path / "run.yaml"
     saved.write_text(
         "model:\n  class_path: lightning_fcae.stages.FCAEPretrain\n  init_args: {size: tiny}\n"
-        f"data:\n  class_path: lightning_fcae.data.datamodule.NSDDataModule\n  init_args: {{data_dir: {toy_dataset}}}\n"
+        "data:\n  class_path: lightning_fcae.data.datamodule.NSDDataModule\n"
+        f"  init_args: {{data_dir: {toy_dataset}}}\n"
         "trainer:\n  fast_dev_run: true\n  logger:\n    class_path: lightning_fcae.loggers.WandbLogger\n"
     )
     assert _run(["fit", f"--config={saved}"]) == 2

@@ -1,6 +1,6 @@
 """The LightningCLI subclass behind ``lightning fit`` and ``lightning-fcae fit``: apart from
-:mod:`lightning_fcae.cli.commands` because importing it imports Lightning and torch (seconds of CPU), which the
-other commands' ``--help`` must not wait for."""
+:mod:`lightning_fcae.cli.commands` because importing it imports Lightning and torch (seconds of CPU), which
+the other commands' ``--help`` must not wait for."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def silence_known_noise() -> None:
 
 class FCAECLI(LightningCLI):
     """LightningCLI that feeds the DataModule's padded voxel count to the model, and lays every config on
-    what the stage configs share (:data:`~lightning_fcae.stages.defaults.STAGE_DEFAULTS`: the trainer's callbacks
-    and logger)."""
+    what the stage configs share (:data:`~lightning_fcae.stages.defaults.STAGE_DEFAULTS`: the trainer's
+    callbacks and logger)."""
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         """Every subcommand's parser reads ``stage_defaults.yaml`` as its default config (jsonargparse's

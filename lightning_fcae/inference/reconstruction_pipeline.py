@@ -172,9 +172,9 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         )
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        """diffusers' ``save_pretrained``, atomically (:func:`~lightning_fcae.files.atomic.atomic_folder`): a kill
-        mid-export leaves the previous export whole (or none), never a folder of new config files beside
-        old or cut-off weights."""
+        """diffusers' ``save_pretrained``, atomically (:func:`~lightning_fcae.files.atomic.atomic_folder`):
+        a kill mid-export leaves the previous export whole (or none), never a folder of new config files
+        beside old or cut-off weights."""
         with atomic_folder(save_directory) as tmp:
             super().save_pretrained(tmp, **kwargs)
 

@@ -13,14 +13,18 @@ seed, the chain the method needs and writes one folder per stage::
                                                  is refused)
 
 Every stage is a plain ``lightning fit --config STAGE/run.yaml`` subprocess: ``run.yaml`` is the stage's
-config (``configs/<stage>.yaml``, laid on the shared ``lightning_fcae/stages/stage_defaults.yaml``) merged with
-the plan's overrides and the run's paths, so any row can be re-run by hand with exactly that command. A
-stage that finished (``STAGE/done-fit.json``) is skipped when the pipeline is run again, and an
+config (``configs/<stage>.yaml``, laid on the shared ``lightning_fcae/stages/stage_defaults.yaml``)
+merged with the plan's overrides and the run's paths, so any row can be re-run by hand with exactly that
+command. A stage that finished (``STAGE/done-fit.json``) is skipped when the pipeline is run again, and an
 interrupted one resumes from its ``last.ckpt`` (saved every epoch).
 If the plan (or a stage config) changed since a stage finished or started, the rerun stops and names the
 changed keys instead of mixing old and new results: use a new ``--out``, or delete that stage's folder and
 the ones after it. The same holds for the data (``OUT/dataset.json``). docs/reliability.md lists what
 survives a kill.
+
+The pipeline is split by what its parts do: :mod:`.tasks` says what a run is made of, :mod:`.stage_runner`
+runs one stage, :mod:`.evaluation` scores, and :class:`Pipeline` here chains them; the command line is
+:mod:`lightning_fcae.cli.pipeline`.
 """
 
 from __future__ import annotations

@@ -2,18 +2,23 @@
 
 ``lightning-fcae pipeline --check`` prints one line per problem (exit 2) or a short summary (exit 0), and
 every real run makes the same checks before its first stage starts: without them a missing CLIP file
-surfaced only when stage 2 started, after stage 1's 100 epochs. What is checked:
+surfaced only when stage 2 started, after stage 1's 100 epochs. It checks a run's description
+(:class:`~lightning_fcae.runs.tasks.Run`), never the pipeline that would run it. What is checked (here,
+unless a module is named):
 
 * the dataset: its manifest, every shard's size (and sha256 while the shards total at most
   :data:`HASH_BUDGET` bytes, so that the check stays in seconds), the norm stats (sha256, shapes, values);
-* the weights the plan names: shipped stand-ins against their manifest's hashes; the CLIP file or tag
-  loads through open_clip, the LDM folder through diffusers. Weights the plan trains itself (the
-  stand-ins, when it names neither real weights nor ``stand_ins``) and earlier stages' checkpoints are
-  outputs of the run, not missing inputs;
-* shapes that must agree between stages: CLIP's token grid ``T x D`` with every ``clip_tokens`` /
-  ``clip_dim``, the LDM's image size with stage 3's, a model's ``image_size`` with its data's;
+* the weights the plan names (:mod:`.preflight_weights`): shipped stand-ins against their manifest's
+  hashes; the CLIP file or tag loads through open_clip, the LDM folder through diffusers. Weights the plan
+  trains itself (the stand-ins, when it names neither real weights nor ``stand_ins``) and earlier stages'
+  checkpoints are outputs of the run, not missing inputs;
+* shapes that must agree between stages (:mod:`.preflight_weights`): CLIP's token grid ``T x D`` with
+  every ``clip_tokens`` / ``clip_dim``, the LDM's image size with stage 3's, a model's ``image_size`` with
+  its data's;
 * the accelerator, devices and precision every stage asks for exist here (Lightning's own Trainer checks);
-* free disk under the run folder for the checkpoints the run keeps (:func:`checkpoint_bytes`, rough).
+* the options fitted as ridges (``linear_path: ridge``, ``lowlevel: ridge``) have a train and a val split;
+* free disk for the checkpoints the run keeps and the CLIP feature cache it builds (:mod:`.preflight_disk`,
+  rough).
 """
 
 from __future__ import annotations

@@ -106,8 +106,8 @@ class Run:
 
     def tasks(self, methods: list[str], seeds: list[int]) -> list[Task]:
         """Every task of a run of ``methods`` x ``seeds``, in the order it runs: the one description of the
-        chain. ``Pipeline.run_tasks`` runs them (feeding each what the ones before it made); :meth:`fits` (what
-        the preflight checks) and :meth:`planned_work` (the progress) read them. The CLIP and LDM
+        chain. ``Pipeline.run_tasks`` runs them (feeding each what the ones before it made); :meth:`fits`
+        (what the preflight checks) and :meth:`planned_work` (the progress) read them. The CLIP and LDM
         stand-ins train first, unless the plan names real weights or the shipped stand-ins; the ridge
         yardstick once CLIP is there; then per seed and method: stage 1 (vis-dec: and its image phase),
         stage 2 and its test where the method aligns, stage 3, the reconstruction."""

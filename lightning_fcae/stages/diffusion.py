@@ -77,7 +77,8 @@ class LDMFinetune(RecordsModels, RankSeededModule):
     and leave its frozen UNet and VQ weights out (at paper size ~3 GB less per checkpoint). They also
     record the models (``models/factory.py``) and the data's per-subject normalisation
     (``checkpoint["fmri_preprocessing"]``), so that the reconstruction pipeline
-    (:mod:`lightning_fcae.inference.reconstruction_pipeline`) rebuilds everything from the checkpoint and the LDM.
+    (:mod:`lightning_fcae.inference.reconstruction_pipeline`) rebuilds everything from the checkpoint and
+    the LDM.
 
     Args:
         num_voxels: padded voxel count (linked from the DataModule by the CLI).

@@ -3,9 +3,10 @@
 The stand-ins are trained by the pipeline's own stages (:data:`~lightning_fcae.stand_ins.STAND_IN_STAGES`:
 ``clip_pretrain``, ``ldm_vq``, ``ldm_unet``, plus the ``classifier`` that judges the checks), with the
 budgets of the plan (``experiments/demo.yaml``), into a run folder (``results/stand-ins``; a rerun resumes
-or skips finished stages: :meth:`lightning_fcae.runs.pipeline.Pipeline.train_stand_ins`). :func:`ship` then writes
-their float16 copies into the stand-ins folder with the configs that made them, runs the checks on the
-shipped files, writes a card per model and, last, the manifest of hashes that every load verifies.
+or skips finished stages: :meth:`lightning_fcae.runs.pipeline.Pipeline.train_stand_ins`). :func:`ship`
+then writes their float16 copies into the stand-ins folder with the configs that made them, runs the
+checks on the shipped files, writes a card per model and, last, the manifest of hashes that every load
+verifies.
 """
 
 from __future__ import annotations
