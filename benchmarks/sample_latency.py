@@ -10,7 +10,7 @@ encoder runs once per batch, not per step, so its size (``--encoder-size``) hard
 ``lightning-fcae reconstruct`` samples a whole data batch (``--batch-size``) per call, one seed per test
 sample; this times one seed per batch, at the same speed.
 
-GPU: bf16 autocast (as ``reconstruct.py`` samples), timing between ``torch.cuda.synchronize`` calls,
+GPU: bf16 autocast (as ``inference/reconstruct.py`` samples), timing between ``torch.cuda.synchronize`` calls,
 peak memory = ``max_memory_allocated`` of the timed batches. CPU: fp32, peak memory = the process' peak
 RSS (model included). One batch at 2 steps warms up (allocator, cuDNN autotuning) before timing.
 """

@@ -19,8 +19,10 @@ import csv
 import math
 from pathlib import Path
 
-from lightning_fcae.pipeline import METHODS, STAGE_CONFIGS, Pipeline, Task
-from lightning_fcae.plan import load_yaml
+from lightning_fcae.runs.methods import METHODS
+from lightning_fcae.runs.pipeline import Pipeline
+from lightning_fcae.runs.plan import load_yaml
+from lightning_fcae.runs.tasks import STAGE_CONFIGS, Task
 from lightning_fcae.stand_ins.shipped import load_stand_ins
 
 # variant -> stage-2 init arguments on top of the config (F+I+T unless the name says otherwise)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_fcae.data.shards import DatasetWriter
+from lightning_fcae.data.writer import DatasetWriter
 
 # Tests run beside other processes (DataLoader workers, DDP ranks) on 2 cores: one intra-op thread
 # per process avoids OpenMP threads spinning against each other (a 50x slowdown seen here).

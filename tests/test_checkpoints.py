@@ -1,4 +1,4 @@
-"""Self-describing checkpoints, the reconstruction pipeline API, and checkpoint upgrades (issue 13)."""
+"""Self-describing checkpoints and the reconstruction pipeline API (issue 13)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import torch
 from diffusers import ImagePipelineOutput
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_fcae.models.factory import LegacyCheckpointError, load_model
+from lightning_fcae.inference.reconstruction_pipeline import (
+    FMRIReconstructionPipeline,
+    MissingLDMError,
+    resolve_ldm,
+)
+from lightning_fcae.models.factory import CheckpointFormatError, load_model
 from lightning_fcae.models.fmri_condition import FMRIInputError
 from lightning_fcae.models.ldm import build_ldm, save_ldm
-from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline, MissingLDMError, resolve_ldm
 from lightning_fcae.stages import FCAEPretrain
 from lightning_fcae.stages.diffusion import LDMFinetune
-from lightning_fcae.stages.upgrade import main as upgrade_main
 from tests.test_reconstruct import V, _datamodule, _textured_dataset, _trainer
 
 
@@ -128,7 +131,7 @@ def test_an_unchanged_ldm_folder_is_not_hashed_again(run_folder, tmp_path, monke
     """A stage-3 checkpoint records its LDM folder's sha256 and each file's size and mtime: a load or a
     resume that finds the folder as recorded takes the sha256 without reading ~1.6 GB (paper size) again;
     a touched file makes it hash the folder (same bytes: accepted), other bytes are refused as before."""
-    import lightning_fcae.stages.diffusion as diffusion
+    import lightning_fcae.models.ldm_reference as reference
 
     _, run, _ = run_folder
     copy = shutil.copytree(run, tmp_path / "run")  # copy2: sizes and modification times kept
@@ -136,8 +139,8 @@ def test_an_unchanged_ldm_folder_is_not_hashed_again(run_folder, tmp_path, monke
     files = sorted(p.relative_to(ldm).as_posix() for p in ldm.rglob("*") if p.is_file())
     recorded = torch.load(ckpt, weights_only=True)["ldm"]
     assert sorted(recorded["files"]) == files
-    hashed, sha256_file = [], diffusion.sha256_file
-    monkeypatch.setattr(diffusion, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    hashed, sha256_file = [], reference.sha256_file
+    monkeypatch.setattr(reference, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
 
     def resume(folder, checkpoint=recorded):  # what a resumed stage 3 checks (on_load_checkpoint)
         module = LDMFinetune(V, pretrained_ldm=str(folder), clip_tokens=5, clip_dim=16)
@@ -147,7 +150,7 @@ def test_an_unchanged_ldm_folder_is_not_hashed_again(run_folder, tmp_path, monke
     FMRIReconstructionPipeline.from_checkpoint(ckpt)
     record = resume(ldm).ldm_record()
     assert (record["sha256"], record["files"]) == (recorded["sha256"], recorded["files"]) and hashed == []
-    # a record written before sizes and times were: hashed, as before
+    # a record that lists no files: the folder is hashed
     assert resolve_ldm({k: v for k, v in recorded.items() if k != "files"}, ckpt).resolve() == ldm
     assert len(hashed) == len(files)
     # a file touched, the same bytes: hashed, and accepted
@@ -172,45 +175,20 @@ def test_an_unchanged_ldm_folder_is_not_hashed_again(run_folder, tmp_path, monke
         module.ldm_record()
 
 
-def test_legacy_checkpoint_names_the_upgrade_and_upgrade_makes_it_load(run_folder, tmp_path, capsys):
+def test_a_checkpoint_without_its_models_record_says_to_retrain(run_folder, tmp_path):
     data, _, _ = run_folder
     module = FCAEPretrain(V, size="tiny")
     trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(module, _datamodule(data))
     path = tmp_path / "stage1.ckpt"
     trainer.save_checkpoint(path)
-    legacy = torch.load(path, weights_only=True)
-    del legacy["models"]
-    torch.save(legacy, path)
-    with pytest.raises(LegacyCheckpointError, match="upgrade-checkpoint"):
-        load_model(path)
-    assert upgrade_main([str(path)]) == 0
-    assert "upgraded" in capsys.readouterr().out and (tmp_path / "stage1.ckpt.bak").is_file()
-    model = load_model(path, "model")
-    assert all(torch.equal(v, module.model.state_dict()[k]) for k, v in model.state_dict().items())
-
-
-def test_legacy_stage3_checkpoint_upgrades_to_a_slim_one(run_folder, tmp_path):
-    _, run, module = run_folder
-    checkpoint = torch.load(run / "stage3/checkpoints/last.ckpt", weights_only=True)
-    for key in ("models", "ldm", "fmri_preprocessing"):  # as written before 2026-12-02: every weight
-        del checkpoint[key]
-    checkpoint["state_dict"] = module.state_dict()
-    path = run / "stage3/checkpoints/legacy.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["models"]  # as a development version wrote it
     torch.save(checkpoint, path)
-    try:
-        assert upgrade_main([str(path)]) == 0
-        upgraded = torch.load(path, weights_only=True)
-        assert upgraded["ldm"]["relative"] == "../../ldm" and not any(
-            k.startswith("vq.") for k in upgraded["state_dict"]
-        )
-        fmri = torch.randn(2, V, generator=torch.Generator().manual_seed(0))
-        module.eval()
-        pipe = FMRIReconstructionPipeline.from_checkpoint(path)
-        assert torch.allclose(_images(pipe, fmri), module.sample(fmri, steps=2, seed=[3, 4]), atol=1e-6)
-    finally:
-        path.unlink()
-        path.with_name("legacy.ckpt.bak").unlink()
+    with pytest.raises(
+        CheckpointFormatError, match="development version .* retrain it with the current version"
+    ):
+        load_model(path)
 
 
 @pytest.mark.parametrize(

@@ -176,6 +176,29 @@ def test_fit_setup_mistakes_are_one_error_line(toy_dataset, tmp_path, monkeypatc
         assert "Traceback" not in err, err[-500:]
 
 
+def test_a_saved_config_naming_a_moved_module_says_where_it_went(toy_dataset, tmp_path, monkeypatch, capsys):
+    """A run folder saved before the package root was grouped into folders (issue 24) names e.g.
+    ``lightning_fcae.loggers.WandbLogger`` in its run.yaml: fitting it names the module's new path (in
+    jsonargparse's error, after the usage), and so does importing the old module in Python."""
+    monkeypatch.chdir(tmp_path)
+    saved = tmp_path / "run.yaml"
+    saved.write_text(
+        "model:\n  class_path: lightning_fcae.stages.FCAEPretrain\n  init_args: {size: tiny}\n"
+        "data:\n  class_path: lightning_fcae.data.datamodule.NSDDataModule\n"
+        f"  init_args: {{data_dir: {toy_dataset}}}\n"
+        "trainer:\n  fast_dev_run: true\n  logger:\n    class_path: lightning_fcae.loggers.WandbLogger\n"
+    )
+    assert _run(["fit", f"--config={saved}"]) == 2
+    moved = (
+        "lightning_fcae.loggers moved to lightning_fcae.stages.loggers: edit the class_path in your config"
+    )
+    assert moved in capsys.readouterr().err
+    with pytest.raises(
+        ModuleNotFoundError, match="lightning_fcae.pipeline moved to lightning_fcae.runs.pipeline"
+    ):
+        import lightning_fcae.pipeline  # noqa: F401
+
+
 def test_help_lists_the_extra_subcommands(capsys, monkeypatch):
     assert _run(["--help"]) == 0
     out = capsys.readouterr().out
@@ -209,7 +232,6 @@ print(code, "torch" in sys.modules, "lightning" in sys.modules, "usage" in out.g
         "stand-ins",
         "stand-ins check",
         "convert-ldm",
-        "upgrade-checkpoint",
         "data",
         "data inspect",
     ],
@@ -231,7 +253,7 @@ def test_reconstruct_help_shows_the_defaults(capsys):
 
 
 def test_wandb_is_offline_unless_logged_in_to_the_configured_server(tmp_path, monkeypatch):
-    from lightning_fcae.cli import default_wandb_mode
+    from lightning_fcae.cli.commands import default_wandb_mode
 
     netrc = tmp_path / "netrc"
     netrc.write_text("machine wandb.example.org\n  login user\n  password key\n")
@@ -252,8 +274,8 @@ def test_what_every_stage_printed_for_nothing_is_silenced(caplog):
     import logging
     import warnings
 
-    from lightning_fcae.lightning_cli import RANK_ZERO_LOGGERS, silence_known_noise
-    from lightning_fcae.loggers import WandbLogger
+    from lightning_fcae.cli.lightning_cli import RANK_ZERO_LOGGERS, silence_known_noise
+    from lightning_fcae.stages.loggers import WandbLogger
 
     silence_known_noise()
     with caplog.at_level(logging.INFO):

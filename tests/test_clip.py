@@ -17,16 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_fcae.clip_features import (
-    CacheError,
-    ClipFeatureLookup,
-    build_clip_cache,
-    cache_status,
-    clip_cache_id,
-    ensure_clip_cache,
-)
 from lightning_fcae.data.datamodule import NSDDataModule
-from lightning_fcae.data.shards import iter_raw_samples, sha256_file
+from lightning_fcae.data.shards import iter_raw_samples
+from lightning_fcae.files.hashing import sha256_file
 from lightning_fcae.models.clip import (
     FrozenClip,
     MissingWeightsError,
@@ -34,6 +27,14 @@ from lightning_fcae.models.clip import (
     encode_captions,
     load_clip,
     warn_if_openai_without_quickgelu,
+)
+from lightning_fcae.stages.clip_features import (
+    CacheError,
+    ClipFeatureLookup,
+    build_clip_cache,
+    cache_status,
+    clip_cache_id,
+    ensure_clip_cache,
 )
 from lightning_fcae.stages.clip_pretrain import ClipPretrain
 
@@ -315,7 +316,7 @@ def _id_feature(image_id: int, scale: float) -> dict[str, torch.Tensor]:
 def test_a_stage_streams_clip_features_only_through_nsd_datamodule():
     from types import SimpleNamespace
 
-    from lightning_fcae.clip_features import stream_clip_features
+    from lightning_fcae.stages.clip_features import stream_clip_features
 
     assert stream_clip_features(SimpleNamespace(datamodule=None), "fcae-clip-tiny", None) is None
     with pytest.raises(TypeError, match="NSDDataModule.*clip_image_tokens"):

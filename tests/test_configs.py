@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lightning_fcae.cli import run_lightning_cli
-from lightning_fcae.plan import STAGE_DEFAULTS
+from lightning_fcae.stages.defaults import STAGE_DEFAULTS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAGE_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))

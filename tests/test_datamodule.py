@@ -23,7 +23,9 @@ from lightning_fcae.data.schema import (
     ShardCountError,
     ShardIntegrityError,
 )
-from lightning_fcae.data.shards import encode_npy, iter_raw_samples, sha256_file
+from lightning_fcae.data.shards import iter_raw_samples
+from lightning_fcae.data.writer import encode_npy
+from lightning_fcae.files.hashing import sha256_file
 
 from .conftest import VOXELS
 
@@ -238,7 +240,7 @@ def test_fewer_shards_than_ranks(toy_dataset):
 
 
 def test_writer_refuses_to_overwrite_and_manifest_is_atomic(toy_dataset):
-    from lightning_fcae.data.shards import DatasetWriter
+    from lightning_fcae.data.writer import DatasetWriter
 
     with pytest.raises(FileExistsError, match="overwrite"):
         DatasetWriter(toy_dataset, "again", VOXELS, 16, {})

@@ -12,8 +12,8 @@ from torch import nn
 
 from lightning_fcae.cli import run_lightning_cli
 from lightning_fcae.data.datamodule import NSDDataModule
+from lightning_fcae.inference.sampling import sample_images
 from lightning_fcae.models.ldm import cross_attention_parameters
-from lightning_fcae.sampling import sample_images
 from lightning_fcae.stages import FCAEPretrain
 from lightning_fcae.stages.diffusion import LDMFinetune
 

@@ -23,11 +23,11 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from lightning_fcae.checkpoint_io import AtomicCheckpointIO
 from lightning_fcae.cli import main
 from lightning_fcae.data.schema import Manifest
-from lightning_fcae.pipeline import Pipeline
+from lightning_fcae.files.checkpoint_io import AtomicCheckpointIO
 from lightning_fcae.report.curves import training_losses
+from lightning_fcae.runs.pipeline import Pipeline
 
 from .conftest import write_toy_dataset
 from .test_pipeline import tiny_plan
@@ -120,7 +120,7 @@ def test_the_next_write_removes_a_killed_writers_leftovers_and_keeps_a_live_writ
     """A writer killed mid-write leaves ``.NAME.PID.tmp``; one killed between atomic_folder's two renames
     leaves ``.NAME.old``. The next process that writes into the folder deletes them, but never the temporary
     file of a writer that is still running, nor an ``.old`` folder whose new copy never arrived."""
-    from lightning_fcae import atomic
+    from lightning_fcae.files import atomic
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -148,7 +148,7 @@ def test_the_next_write_removes_a_killed_writers_leftovers_and_keeps_a_live_writ
 def test_an_export_killed_half_way_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     """FMRIReconstructionPipeline.save_pretrained writes through atomic_folder: killed while writing the
     weights, the folder still holds the previous export, which loads."""
-    from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline
+    from lightning_fcae.inference.reconstruction_pipeline import FMRIReconstructionPipeline
 
     _, checkpoint = train_stage3(tmp_path, steps=1)
     pipe = FMRIReconstructionPipeline.from_pretrained(checkpoint)
@@ -168,8 +168,8 @@ def test_an_export_killed_half_way_leaves_the_previous_one_whole(tmp_path, monke
 
 
 def test_every_cli_trainer_writes_checkpoints_atomically(toy_dataset, tmp_path):
+    from lightning_fcae.cli.lightning_cli import FCAECLI
     from lightning_fcae.data.datamodule import NSDDataModule
-    from lightning_fcae.lightning_cli import FCAECLI
 
     args = [
         f"--config={REPO / 'configs' / 'stage1_fcae.yaml'}",

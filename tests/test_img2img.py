@@ -12,10 +12,10 @@ import torch
 from diffusers import DDPMScheduler
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_fcae.inference.reconstruct import reconstruct_split
+from lightning_fcae.inference.reconstruction_pipeline import FMRIReconstructionPipeline, MissingLowLevelError
+from lightning_fcae.inference.sampling import Img2ImgError, sample_images
 from lightning_fcae.models.ldm import LDM, build_ldm, build_unet, build_vq, ldm_config, save_ldm
-from lightning_fcae.reconstruct import reconstruct_split
-from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline, MissingLowLevelError
-from lightning_fcae.sampling import Img2ImgError, sample_images
 from lightning_fcae.stages.diffusion import LDMFinetune
 from tests.test_reconstruct import V, _datamodule, _textured_dataset, _trainer
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_fcae.convert_ldm import main as convert_main
+from lightning_fcae.cli.convert_ldm import main as convert_main
 from lightning_fcae.models.ldm import build_ldm, ldm_config, load_ldm, save_ldm
 from lightning_fcae.models.ldm_convert import convert_compvis_ldm
 

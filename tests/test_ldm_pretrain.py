@@ -87,7 +87,7 @@ def test_pretrain_export_load_round_trip(toy_dataset, tmp_path):
     _trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(unet_part, data)
     assert unet_part.latent_scale > 0
     # the condition is centred on the training split's CLIP means (from the feature cache)
-    from lightning_fcae.clip_features import cache_path, clip_cache_id, train_means
+    from lightning_fcae.stages.clip_features import cache_path, clip_cache_id, train_means
 
     means = train_means(cache_path(toy_dataset, clip_cache_id("fcae-clip-tiny", None)))
     assert torch.allclose(unet_part.condition.image_mean, means["image_tokens"])

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_fcae.clip_features import IMAGE_EMBED, IMAGE_TOKENS
 from lightning_fcae.data.datamodule import NSDDataModule
 from lightning_fcae.metrics.identification import n_way_top1
 from lightning_fcae.metrics.ridge import Ridge, best_alpha
@@ -21,6 +20,7 @@ from lightning_fcae.models.factory import load_fmri_aligner
 from lightning_fcae.models.fmri_condition import FMRIConditionEncoder
 from lightning_fcae.stages.align import FCAEAlign
 from lightning_fcae.stages.checkpointing import BestCheckpoint
+from lightning_fcae.stages.clip_features import IMAGE_EMBED, IMAGE_TOKENS
 from lightning_fcae.stages.linear_path import LinearPathError
 
 from .conftest import write_toy_dataset

@@ -14,8 +14,12 @@ import pytest
 import torch
 import yaml
 
-from lightning_fcae.pipeline import METHODS, Pipeline, last_csv_values, main
-from lightning_fcae.plan import STAGE_DEFAULTS, PlanError, deep_merge
+from lightning_fcae.cli.pipeline import main
+from lightning_fcae.runs.methods import METHODS
+from lightning_fcae.runs.pipeline import Pipeline
+from lightning_fcae.runs.plan import PlanError, deep_merge
+from lightning_fcae.runs.stage_runner import last_csv_values
+from lightning_fcae.stages.defaults import STAGE_DEFAULTS
 
 # Every stage for a couple of steps on tiny data: what is tested is the chain, not the learning.
 FAST = {"trainer": {"max_epochs": 1, "max_steps": 2, "limit_val_batches": 1, "log_every_n_steps": 1}}
@@ -281,7 +285,7 @@ def test_a_lost_export_is_written_again_before_a_stage_counts_as_done(tmp_path, 
 
 
 def test_a_second_pipeline_on_the_same_folder_is_refused_in_one_line(tmp_path, synthetic_tiny, capsys):
-    from lightning_fcae.run_lock import LOCK_NAME, run_lock
+    from lightning_fcae.runs.run_lock import LOCK_NAME, run_lock
 
     out = tmp_path / "run"
     plan = write_plan(tmp_path, tiny_plan(synthetic_tiny))

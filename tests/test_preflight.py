@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_fcae.cli.pipeline import main
 from lightning_fcae.data.schema import Manifest
-from lightning_fcae.pipeline import Pipeline, main
-from lightning_fcae.preflight import Findings, preflight
+from lightning_fcae.runs.pipeline import Pipeline
+from lightning_fcae.runs.preflight import preflight
+from lightning_fcae.runs.preflight_findings import Findings
 from tests.test_pipeline import tiny_plan, write_plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -146,7 +148,8 @@ def test_too_little_disk_for_the_checkpoints(tmp_path, synthetic_tiny, monkeypat
 def test_the_disk_estimate_counts_the_clip_feature_cache_and_a_shared_stage1_once(tmp_path, synthetic_tiny):
     """Stage 2 builds a CLIP feature cache beside the data (2 bytes per float16 feature: every image's
     T x D tokens and two D-wide embeddings); methods that share a stage 1 share its checkpoints."""
-    from lightning_fcae.preflight import ClipGrid, checkpoint_bytes, clip_cache_bytes
+    from lightning_fcae.runs.preflight_disk import checkpoint_bytes, clip_cache_bytes
+    from lightning_fcae.runs.preflight_weights import ClipGrid
 
     pipeline = Pipeline(tiny_plan(synthetic_tiny), tmp_path / "run", CONFIGS)
     manifest = Manifest.load(synthetic_tiny)

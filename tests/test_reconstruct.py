@@ -14,10 +14,10 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_fcae.cli import main as cli_main
 from lightning_fcae.data.datamodule import NSDDataModule
-from lightning_fcae.data.shards import DatasetWriter
+from lightning_fcae.data.writer import DatasetWriter
+from lightning_fcae.inference.reconstruct import ReconstructionError, reconstruct_split
+from lightning_fcae.inference.reconstruction_pipeline import FMRIReconstructionPipeline
 from lightning_fcae.metrics.callbacks import ReconstructionMetrics
-from lightning_fcae.reconstruct import ReconstructionError, reconstruct_split
-from lightning_fcae.reconstruction_pipeline import FMRIReconstructionPipeline
 from lightning_fcae.stages.diffusion import LDMFinetune
 from tests.conftest import VOXELS
 from tests.ddp import run_ranks
@@ -180,12 +180,12 @@ def test_cli_reconstruct_and_clear_errors(trained, tmp_path, capsys):
     torch.save(
         {"state_dict": {"model.x": torch.zeros(1)}, "models": {"model": {"class": "MAE"}}}, stage1_like
     )
-    legacy = tmp_path / "legacy.ckpt"
-    torch.save({"state_dict": {"aligner.x": torch.zeros(1), "conditioner.x": torch.zeros(1)}}, legacy)
+    unrecorded = tmp_path / "unrecorded.ckpt"  # a development version's: no models record
+    torch.save({"state_dict": {"aligner.x": torch.zeros(1), "conditioner.x": torch.zeros(1)}}, unrecorded)
     for path, message in (
         (not_a_checkpoint, "not a PyTorch checkpoint"),
         (stage1_like, "not an LDMFinetune"),
-        (legacy, "lightning-fcae upgrade-checkpoint"),
+        (unrecorded, "retrain it with the current version"),
     ):
         with pytest.raises(SystemExit) as exit_:
             cli_main([*args, "--ckpt", str(path), "--out", str(tmp_path / "bad")])

@@ -354,7 +354,7 @@ def test_loss_plot_titles_name_the_run_and_stage(tmp_path, monkeypatch):
 
 
 def test_a_resumed_stage_keeps_its_loss_history(tmp_path):
-    from lightning_fcae.pipeline import keep_csv_history
+    from lightning_fcae.runs.stage_runner import keep_csv_history
 
     log_dir = tmp_path / "stage1" / "csv" / "fit"
     log_dir.mkdir(parents=True)
@@ -373,7 +373,7 @@ def test_a_resumed_stage_keeps_its_loss_history(tmp_path):
 def test_a_resumed_stage_logs_each_step_once(tmp_path):
     """Killed after logging steps 0-3 with its last checkpoint at step 2, a stage resumes at step 2 and logs
     steps 2-4 again: the history keeps one row per step, the resumed run's (issue 25)."""
-    from lightning_fcae.pipeline import keep_csv_history
+    from lightning_fcae.runs.stage_runner import keep_csv_history
 
     log_dir = tmp_path / "stage1" / "csv" / "fit"
     log_dir.mkdir(parents=True)

@@ -182,7 +182,8 @@ def test_stage2_checkpoint_feeds_stage3(toy_dataset, tmp_path):
 
 
 def test_stage3_takes_stage2s_token_map_on_the_same_clip_grid(toy_dataset, tmp_path):
-    from lightning_fcae.stages.diffusion import LDMFinetune, stage3_aligner
+    from lightning_fcae.stages.diffusion import LDMFinetune
+    from lightning_fcae.stages.stage3_aligner import stage3_aligner
 
     dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
     module = FCAEAlign(dm.num_voxels, **TINY_CLIP)
@@ -201,25 +202,6 @@ def test_stage3_takes_stage2s_token_map_on_the_same_clip_grid(toy_dataset, tmp_p
     # without an LDM pretrained on CLIP features, stage 3 builds its condition on stage 2's grid
     stage3 = LDMFinetune(dm.num_voxels, encoder_ckpt=path, clip_tokens=50)
     assert stage3.conditioner.config.clip_tokens == 17
-
-
-def test_legacy_stage2_checkpoint_upgrades_to_the_same_aligner(toy_dataset, tmp_path):
-    from lightning_fcae.stages.upgrade import upgrade
-
-    dm = NSDDataModule(str(toy_dataset), batch_size=8, num_workers=0, image_size=32)
-    module = FCAEAlign(dm.num_voxels, **TINY_CLIP, encoder_size="tiny")
-    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
-    trainer.fit(module, dm)
-    path = tmp_path / "stage2.ckpt"
-    trainer.save_checkpoint(path)
-    legacy = torch.load(path, weights_only=True)  # as written before 2026-12-02: stage 1 as hyper-parameters
-    del legacy["models"]
-    legacy["hyper_parameters"]["stage1"] = {"kind": "fcae", "num_voxels": dm.num_voxels, "size": "tiny"}
-    torch.save(legacy, path)
-    assert upgrade(path) == tmp_path / "stage2.ckpt.bak"
-    restored = load_fmri_aligner(path)
-    assert all(torch.equal(v, module.aligner.state_dict()[k]) for k, v in restored.state_dict().items())
-    assert upgrade(path) is None  # already upgraded
 
 
 def test_a_wrong_embedding_costs_as_much_as_every_patch_token_wrong():

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_fcae.cli.stand_ins import main as stand_ins_main
 from lightning_fcae.models.clip import load_clip
 from lightning_fcae.models.ldm import load_ldm
 from lightning_fcae.models.scene_classifier import SceneClassifier
-from lightning_fcae.pipeline import Pipeline
+from lightning_fcae.runs.pipeline import Pipeline
 from lightning_fcae.stand_ins import StandInError, load_stand_ins
-from lightning_fcae.stand_ins import main as stand_ins_main
 from lightning_fcae.stand_ins.shipped import dataset_identity, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_verify_command_reports_in_one_line(tmp_path, synthetic_tiny, capsys):
 def test_train_ships_cards_checks_and_hashes_that_load(tmp_path, synthetic_tiny, monkeypatch, capsys):
     """`make stand-ins` end to end on the tiny profile (two steps per stand-in): the folder it writes
     verifies, its cards carry the checks and hashes, and a pipeline plan can use it."""
-    from lightning_fcae.plan import deep_merge
+    from lightning_fcae.runs.plan import deep_merge
 
     from .test_pipeline import FAST, TINY_IMAGES, tiny_plan
 

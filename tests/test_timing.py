@@ -62,7 +62,7 @@ def test_data_wait_is_the_loading_time(tmp_path):
 
 
 def test_progress_estimates_the_time_left_from_the_work_run_now(monkeypatch):
-    from lightning_fcae import progress
+    from lightning_fcae.runs import progress
 
     now = [100.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])

@@ -8,7 +8,7 @@ import torch
 
 from lightning_fcae.metrics.ridge import Ridge, best_alpha
 from lightning_fcae.models.clip import load_clip
-from lightning_fcae.yardstick import ridge_yardstick
+from lightning_fcae.runs.yardstick import ridge_yardstick
 
 
 @pytest.mark.parametrize("n, v", [(30, 50), (50, 20)])  # wide (n < V) and tall problems

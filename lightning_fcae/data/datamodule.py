@@ -14,7 +14,7 @@ A batch is a dict::
     labels    dict[str, int64 [b]]  meta.json labels (-1 where a sample lacks one)
     captions  list[list[str]]; key list[str]
     ...                             per-image features a stage asked for (``stream_image_features``),
-                                    e.g. frozen-CLIP features (lightning_fcae.clip_features.BATCH_KEYS)
+                                    e.g. frozen-CLIP features (lightning_fcae.stages.clip_features.BATCH_KEYS)
 """
 
 from __future__ import annotations

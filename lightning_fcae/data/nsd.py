@@ -64,7 +64,7 @@ from .schema import (
     check_arguments,
     subject_name,
 )
-from .shards import DatasetWriter
+from .writer import DatasetWriter
 
 CONVERTER_VERSION = 1
 NSD_IMAGES = 73000

@@ -1,4 +1,10 @@
-"""Plain-PyTorch models: the shared fMRI ViT encoder, fCAE and the MAE and DC-MAE baselines."""
+"""Plain-PyTorch models and their loaders: the shared fMRI ViT encoder, fCAE and the MAE and DC-MAE
+baselines (exported here), the aligner, CLIP, the LDM and its condition, and the factory that rebuilds any
+model from any stage's checkpoint (:mod:`.factory`).
+
+At the bottom beside ``metrics/``: of the package it may import only ``files/`` (an exported LDM is
+written atomically), so that a model loads without any stage or command.
+"""
 
 import logging
 

@@ -10,8 +10,8 @@ trained, its class and the arguments that rebuild it (nanoGPT's ``model_args``; 
 
 The key is the model's attribute in its LightningModule, so its weights are the ``state_dict`` entries
 under ``"<key>."``. Loading is strict: a weight missing or left over is an error, never a silent
-random layer. Checkpoints written before the ``models`` entry existed are a :class:`LegacyCheckpointError`
-naming the command that upgrades them (``lightning-fcae upgrade-checkpoint``).
+random layer. A checkpoint without the ``models`` entry (written by a development version, before the
+entry existed) is a :class:`CheckpointFormatError` that says to retrain it.
 """
 
 from __future__ import annotations
@@ -34,10 +34,6 @@ from .vit import FMRIEncoder
 
 class CheckpointFormatError(ValueError):
     """A file that is not a checkpoint of this project, or one without the model asked for."""
-
-
-class LegacyCheckpointError(CheckpointFormatError):
-    """A checkpoint written before checkpoints recorded their models."""
 
 
 def _dcmae(args: dict) -> DCMAE:
@@ -98,9 +94,9 @@ def read_checkpoint(path: str | Path) -> dict:
 def checkpoint_models(checkpoint: dict, path: str | Path) -> dict[str, dict]:
     """The ``models`` entry of a checkpoint read by :func:`read_checkpoint`."""
     if "models" not in checkpoint:
-        raise LegacyCheckpointError(
-            f"{path} was written before checkpoints recorded their models: upgrade it in place with "
-            f"`lightning-fcae upgrade-checkpoint {path}` (keeps the original as {Path(path).name}.bak)"
+        raise CheckpointFormatError(
+            f"{path} was written by a development version of lightning-fcae, before checkpoints recorded "
+            "their models: retrain it with the current version"
         )
     return checkpoint["models"]
 

@@ -32,7 +32,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import TimestepEmbedding
 from torch import nn
 
-from ..atomic import save_pretrained
+from ..files.atomic import save_pretrained
 from .checkpoints import check_weights_file, export_fix
 from .condition import ClipCondition
 

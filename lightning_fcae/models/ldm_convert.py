@@ -1,5 +1,5 @@
 """CompVis latent-diffusion checkpoint -> diffusers LDM directory (the conversion behind
-``lightning-fcae convert-ldm``, :mod:`lightning_fcae.convert_ldm`).
+``lightning-fcae convert-ldm``, :mod:`lightning_fcae.cli.convert_ldm`).
 
 The paper, like MinD-Vis, starts from a CompVis LDM (``configs/latent-diffusion/cin256-v2.yaml``: a vq-f4
 first stage and a cross-attention UNet). Its checkpoint holds ``first_stage_model.*`` (the VQ) and

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..atomic import atomic_file
+from ..files.atomic import atomic_file
 
 
 def grid_rows(recon_dir: Path) -> tuple[list[dict], int] | None:

@@ -4,7 +4,7 @@
 ``T`` is the mean CLIP text embedding of a sample's captions. The flags and the stage-1 checkpoint
 type give every row of the paper's Table 3 (F+I, F+T, F+I+T; fCAE or MAE). Only the fMRI side
 trains; the frozen CLIP's features come precomputed with the batch (``clip_features: cache``, the
-default: :mod:`lightning_fcae.clip_features`) or from this module's own copy of CLIP (``live``).
+default: :mod:`lightning_fcae.stages.clip_features`) or from this module's own copy of CLIP (``live``).
 
 Two options beyond the paper, each one line in a config (docs/method.md): ``linear_path: ridge`` adds a
 per-subject linear map from voxels that starts as the ridge yardstick (:mod:`.linear_path`), and
@@ -23,13 +23,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from open_clip.loss import ClipLoss
 from torch import nn
 
-from ..clip_features import batch_clip_features, prepare_clip_features, stream_clip_features, train_means
 from ..metrics.identification import NWayIdentification
 from ..models import FCAE, MAE, model_size
 from ..models.align import FMRIAligner, soft_clip_loss, token_cosine_loss
 from ..models.clip import resolve_clip_grid
 from ..models.factory import build_model, load_model, model_entry
 from .chain import STAGE1_WRITER, require_checkpoint
+from .clip_features import batch_clip_features, prepare_clip_features, stream_clip_features, train_means
 from .linear_path import LinearPathError, fit_linear_path
 from .optim import adamw_warmup_cosine
 from .records import RecordsModels

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.transforms import v2
 
-from ..atomic import save_pretrained
+from ..files.atomic import save_pretrained
 from ..models.scene_classifier import SceneClassifier
 from .optim import adamw_warmup_cosine
 from .seeding import RankSeededModule

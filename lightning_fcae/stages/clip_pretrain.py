@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from open_clip.loss import ClipLoss
 from torchvision.transforms import v2
 
-from ..atomic import atomic_file
+from ..files.atomic import atomic_file
 from ..models.clip import create_random_model, encode_captions, preprocess, preprocess_constants
 from .optim import adamw_warmup_cosine
 from .seeding import RankSeededModule

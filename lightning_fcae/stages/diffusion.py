@@ -16,20 +16,16 @@ reads; a CompVis LDM has none, and fine-tuning starts a fresh one.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..data.shards import sha256_file
+from ..inference.sampling import sample_conditioned
 from ..models.align import FMRIAligner
 from ..models.condition import ClipCondition
-from ..models.factory import load_fmri_aligner, load_model
 from ..models.ldm import (
     LDMConfigName,
     add_time_conditioning,
@@ -39,65 +35,18 @@ from ..models.ldm import (
     to_model_range,
     vq_downsampling,
 )
+from ..models.ldm_reference import ldm_files, ldm_reference
 from ..models.linear_path import LowLevelDecoder
 from ..models.sizes import model_size
 from ..models.vit import FMRIEncoder
-from ..sampling import sample_conditioned
 from .chain import STAGE2_WRITER, require_checkpoint
+from .diffusion_loss import diffusion_loss
 from .linear_path import LinearPathError, fit_lowlevel
 from .optim import adamw_warmup_cosine
 from .pretrain import ModelSize
 from .records import RecordsModels
 from .seeding import RankSeededModule
-
-
-def stage3_aligner(
-    path: str, clip_tokens: int, clip_dim: int, embed_rank: int = 8, pinned: bool = True
-) -> FMRIAligner:
-    """The fMRI side of stage 3 from a stage-2 or stage-1 checkpoint, on CPU: encoder + token map onto a
-    ``clip_tokens x clip_dim`` grid, without the fCAE regressor (stage 3 encodes every patch).
-
-    A stage-2 checkpoint brings the token map it trained: on that grid, which must be the requested one
-    when it is ``pinned`` (by an LDM pretrained on that CLIP). A stage-1 encoder (MinD-Vis, vis-dec,
-    Table 3's F row) gets a new, randomly initialised token map that stage 3 trains.
-    """
-    aligner = load_fmri_aligner(path)
-    if aligner is None:  # stage 1
-        return FMRIAligner(load_model(path, "model").encoder, None, clip_tokens, clip_dim, embed_rank)
-    grid = token_grid(aligner)
-    if pinned and grid != (clip_tokens, clip_dim):
-        raise ValueError(
-            f"{path} aligns the fMRI encoder to {grid[0]} x {grid[1]} CLIP tokens, the LDM's condition takes "
-            f"{clip_tokens} x {clip_dim}: stage 2 and the LDM must use the same CLIP model"
-        )
-    aligner.regressor = None  # stage 3 encodes every patch (model_args follow: None recorded)
-    return aligner
-
-
-def ldm_files(root: Path) -> dict[str, list[int]]:
-    """``{path relative to root: [size, mtime_ns]}`` of every file under an LDM folder, in the order the
-    folder's sha256 lists them: a stat of each file, nothing read."""
-    files = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        stat = path.stat()
-        files[path.relative_to(root).as_posix()] = [stat.st_size, stat.st_mtime_ns]
-    return files
-
-
-def ldm_reference(path: str | Path, recorded: dict | None = None) -> dict:
-    """``{path, sha256, files}`` of an LDM folder: ``sha256`` of its files' names and sha256s, so that a
-    checkpoint which leaves the frozen weights to the folder can tell whether it still holds the same
-    ones, and ``files`` (:func:`ldm_files`). Hashing reads the whole folder (~1.6 GB at paper size), so
-    when ``recorded`` (a checkpoint's ``ldm`` entry) lists the very same files, sizes and modification
-    times, its sha256 is taken as it is; anything else (a file touched, added, removed or rewritten, or a
-    record written before ``files`` existed) hashes the folder. Like make's, the shortcut trusts times:
-    bytes changed in place under the same size and mtime would pass. Nothing is written to the folder."""
-    root = Path(path).resolve()
-    files = ldm_files(root)
-    if recorded is not None and recorded.get("files") == files:
-        return {"path": str(root), "sha256": recorded["sha256"], "files": files}
-    listing = "\n".join(f"{name} {sha256_file(root / name)}" for name in files)
-    return {"path": str(root), "sha256": hashlib.sha256(listing.encode()).hexdigest(), "files": files}
+from .stage3_aligner import stage3_aligner, token_grid
 
 
 def fmri_preprocessing(stats: dict, num_voxels: int) -> dict:
@@ -111,34 +60,6 @@ def fmri_preprocessing(stats: dict, num_voxels: int) -> dict:
         for name, (mean, std) in stats.items()
     }
     return {"num_voxels": num_voxels, "subjects": subjects}
-
-
-def token_grid(aligner: FMRIAligner) -> tuple[int, int]:
-    """(tokens, width) of the CLIP grid an aligner's token map writes."""
-    return aligner.mapper.token_map.out_features, aligner.mapper.proj.out_features
-
-
-def diffusion_loss(
-    unet, scheduler: DDPMScheduler, latents: torch.Tensor, generator: torch.Generator | None = None, **cond
-) -> torch.Tensor:
-    """Eq. 5: noise the latents at a uniform random timestep and regress the noise (or v / x0 when the
-    scheduler was trained with that ``prediction_type``)."""
-    b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    t = torch.randint(
-        0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=latents.device
-    )
-    noisy = scheduler.add_noise(latents, noise, t)
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, t)
-    elif kind == "sample":  # the clean latents
-        target = latents
-    else:
-        raise ValueError(f"unknown prediction_type {kind!r}: epsilon, v_prediction or sample")
-    return F.mse_loss(unet(noisy, t, **cond).sample.float(), target.float())
 
 
 class LDMFinetune(RecordsModels, RankSeededModule):
@@ -156,7 +77,8 @@ class LDMFinetune(RecordsModels, RankSeededModule):
     and leave its frozen UNet and VQ weights out (at paper size ~3 GB less per checkpoint). They also
     record the models (``models/factory.py``) and the data's per-subject normalisation
     (``checkpoint["fmri_preprocessing"]``), so that the reconstruction pipeline
-    (:mod:`lightning_fcae.reconstruction_pipeline`) rebuilds everything from the checkpoint and the LDM.
+    (:mod:`lightning_fcae.inference.reconstruction_pipeline`) rebuilds everything from the checkpoint and
+    the LDM.
 
     Args:
         num_voxels: padded voxel count (linked from the DataModule by the CLI).
@@ -274,7 +196,7 @@ class LDMFinetune(RecordsModels, RankSeededModule):
         reference = self.ldm_record()
         if reference is None:  # a random LDM (tests): nothing to point at, keep every weight
             return
-        # where this file will lie: the checkpoint callback's folder (upgrade-checkpoint rewrites it)
+        # where this file will lie: the checkpoint callback's folder
         callback = self._trainer and self.trainer.checkpoint_callback
         root = Path(callback.dirpath) if callback and callback.dirpath else Path.cwd()
         checkpoint["ldm"] = {**reference, "relative": os.path.relpath(reference["path"], root)}

@@ -15,7 +15,7 @@ the benchmark's training split in two runs (``part``), and exports a diffusers d
 
 Latents are scaled to unit std by the first batch (LDM's ``scale_by_std``); the scale is exported as the
 VQ's ``scaling_factor``. The ``unet`` run streams the frozen CLIP's features from the feature cache
-(:mod:`lightning_fcae.clip_features`; ``clip_model``), the same cache and training-split means stage 2
+(:mod:`lightning_fcae.stages.clip_features`; ``clip_model``), the same cache and training-split means stage 2
 centres its targets with.
 """
 
@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, VQModel
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..atomic import save_pretrained
-from ..clip_features import IMAGE_TOKENS, TEXT_EMBED, prepare_clip_features, stream_clip_features, train_means
+from ..files.atomic import save_pretrained
 from ..models.condition import ClipCondition
 from ..models.ldm import LDM, LDMConfigName, build_unet, build_vq, save_ldm, to_model_range
 from ..models.ldm import ldm_config as named_ldm_config
-from .diffusion import diffusion_loss
+from .clip_features import IMAGE_TOKENS, TEXT_EMBED, prepare_clip_features, stream_clip_features, train_means
+from .diffusion_loss import diffusion_loss
 from .optim import adamw_warmup_cosine
 from .seeding import RankSeededModule
 

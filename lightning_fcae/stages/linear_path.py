@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm import tqdm
 
-from ..clip_features import IMAGE_EMBED, IMAGE_TOKENS
 from ..metrics.identification import n_way_top1
 from ..metrics.image import PixCorr
 from ..metrics.ridge import fit_ridge_map, principal_directions
 from ..models.linear_path import VoxelLinearMap
+from .clip_features import IMAGE_EMBED, IMAGE_TOKENS
 
 Split = dict[int, dict[str, np.ndarray]]  # subject index -> {"fmri" [n, V], "target" [n, K], ...}
 

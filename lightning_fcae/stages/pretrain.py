@@ -13,12 +13,12 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..clip_features import IMAGE_TOKENS, prepare_clip_features, stream_clip_features
 from ..models import FCAE, MAE, DecoderConfig, EncoderConfig, RegressorConfig, fcae_loss, mae_loss, model_size
 from ..models.dcmae import DCMAE, DCMAELossWeights, ImageGuidance, dcmae_loss
 from ..models.factory import load_model
 from ..models.sizes import config_dicts, config_objects
 from .chain import DCMAE_PHASE1_WRITER, require_checkpoint
+from .clip_features import IMAGE_TOKENS, prepare_clip_features, stream_clip_features
 from .optim import adamw_warmup_cosine
 from .records import RecordsModels
 from .seeding import RankSeededModule

@@ -1,17 +1,19 @@
-"""The synthetic benchmark's stand-ins for pretrained weights (CLIP, LDM) and the judge of their checks.
+"""The synthetic benchmark's stand-ins for pretrained weights (CLIP, LDM) and the judge of their checks:
+the shipped folder and its hashes (:mod:`.shipped`), the checks' figures (:mod:`.checks`), the model cards
+(:mod:`.cards`) and the shipping of trained stand-ins (:mod:`.build`). The pipeline's own stages train them
+(:data:`STAND_IN_STAGES`); ``lightning-fcae stand-ins train | check | verify`` is
+:mod:`lightning_fcae.cli.stand_ins`.
 
-``lightning-fcae stand-ins train | check | verify``; see :mod:`.shipped` (the folder, hashes),
-:mod:`.checks` (the figures) and :mod:`.build` (training and shipping).
+It may import ``files/``, ``models/``, ``metrics/``, ``data/`` and ``inference/`` (the checks sample the
+LDM); the pipeline (``runs/``) imports it to verify the shipped stand-ins it is given.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
-__all__ = ["StandInError", "StandIns", "load_stand_ins", "main"]
+__all__ = ["STAND_IN_STAGES", "StandInError", "StandIns", "load_stand_ins"]
 SHIPPED = ("StandInError", "StandIns", "load_stand_ins")
+# the pipeline stages that train the stand-ins and the checks' judge, each into OUT/shared/<stage>
+STAND_IN_STAGES = ("clip_pretrain", "ldm_vq", "ldm_unet", "classifier")
 
 
 def __getattr__(name: str):
@@ -22,62 +24,3 @@ def __getattr__(name: str):
 
         return getattr(shipped, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lightning-fcae stand-ins",
-        description="Train, check and verify the synthetic benchmark's stand-in CLIP and LDM.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser(
-        "train", help="train the stand-ins and write the shipped folder (make stand-ins)"
-    )
-    train.add_argument("--plan", type=Path, default=Path("experiments/demo.yaml"), help="budgets (stages:)")
-    train.add_argument("--data", default=None, help="dataset (default: the plan's data_dir)")
-    train.add_argument("--runs", type=Path, default=Path("results/stand-ins"), help="training run folder")
-    train.add_argument("--out", type=Path, default=Path("stand-ins/synthetic-small"), help="shipped folder")
-    train.add_argument("--configs", type=Path, default=Path("configs"), help="the stage configs' folder")
-    check = commands.add_parser("check", help="print the checks' figures for a stand-ins folder")
-    check.add_argument("folder", type=Path, nargs="?", default=Path("stand-ins/synthetic-small"))
-    check.add_argument("--data", default="data/synthetic-small", help="the dataset whose test split to use")
-    check.add_argument("--steps", type=int, default=25, help="DDIM steps of the samples (default: 25)")
-    check.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (default: 3)")
-    verify = commands.add_parser("verify", help="check every file against the manifest's sha256")
-    verify.add_argument("folder", type=Path, nargs="?", default=Path("stand-ins/synthetic-small"))
-    verify.add_argument("--data", default=None, help="also check they were trained on this dataset")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .. import plan as plans
-    from .shipped import StandInError, load_stand_ins
-
-    try:
-        if args.command == "verify":
-            stand_ins = load_stand_ins(args.folder, args.data)
-            print(
-                f"{stand_ins.root}: every file matches its sha256 ({stand_ins.clip_model}, {stand_ins.ldm})"
-            )
-        elif args.command == "check":
-            from .checks import format_checks, run_checks
-
-            stand_ins = load_stand_ins(args.folder, args.data)
-            print(format_checks(run_checks(stand_ins, args.data, steps=args.steps, guidance=args.guidance)))
-        else:
-            from .build import COMMAND, ship, train
-
-            plan = plans.load_yaml(args.plan)
-            data = args.data or plan.get("data_dir")
-            if not data:
-                raise plans.PlanError(f"{args.plan}: no data_dir (or pass --data)")
-            plan |= {"data_dir": data, "stand_ins": None, "clip_pretrained": None, "pretrained_ldm": None}
-            train(plan, args.runs, args.configs)
-            command = COMMAND.format(plan=args.plan, data=data, runs=args.runs, out=args.out)
-            stand_ins = ship(args.runs, args.out, data, command)
-            print(f"wrote {stand_ins.root} (cards: */CARD.md, figures: checks.json)")
-    except (StandInError, plans.PlanError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

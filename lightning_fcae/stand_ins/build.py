@@ -1,10 +1,12 @@
-"""``make stand-ins``: train the synthetic benchmark's stand-ins and write the folder the repository ships.
+"""``make stand-ins``: write the folder the repository ships from the synthetic benchmark's trained stand-ins.
 
-The stand-ins are trained by the pipeline's own stages (``clip_pretrain``, ``ldm_vq``, ``ldm_unet``, plus
-the ``classifier`` that judges the checks), with the budgets of the plan (``experiments/demo.yaml``), into
-a run folder (``results/stand-ins``; a rerun resumes or skips finished stages). :func:`ship` then writes
-their float16 copies into the stand-ins folder with the configs that made them, runs the checks on the
-shipped files, writes a card per model and, last, the manifest of hashes that every load verifies.
+The stand-ins are trained by the pipeline's own stages (:data:`~lightning_fcae.stand_ins.STAND_IN_STAGES`:
+``clip_pretrain``, ``ldm_vq``, ``ldm_unet``, plus the ``classifier`` that judges the checks), with the
+budgets of the plan (``experiments/demo.yaml``), into a run folder (``results/stand-ins``; a rerun resumes
+or skips finished stages: :meth:`lightning_fcae.runs.pipeline.Pipeline.train_stand_ins`). :func:`ship`
+then writes their float16 copies into the stand-ins folder with the configs that made them, runs the
+checks on the shipped files, writes a card per model and, last, the manifest of hashes that every load
+verifies.
 """
 
 from __future__ import annotations
@@ -19,28 +21,16 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import atomic_folder
 from ..data.schema import Manifest
+from ..files.atomic import atomic_folder
 from ..models.ldm import load_ldm, save_ldm
 from ..models.scene_classifier import SceneClassifier
-from ..pipeline import STAND_IN_STAGES, Pipeline
-from ..progress import Progress
-from ..run_lock import run_lock
+from . import STAND_IN_STAGES
 from .cards import Training, write_card
 from .checks import format_checks, run_checks
 from .shipped import StandIns, dataset_identity, half_state_dict, load_stand_ins, write_manifest
 
 COMMAND = "lightning-fcae stand-ins train --plan {plan} --data {data} --runs {runs} --out {out}"
-
-
-def train(plan: dict, runs: Path, configs: Path) -> dict[str, Path]:
-    """Fit every stand-in (skipping finished ones); returns the run folder of each."""
-    pipeline = Pipeline(plan, runs, configs)
-    tasks = pipeline.stand_in_tasks()
-    pipeline.progress = Progress(pipeline.weigh(tasks))
-    with run_lock(runs):
-        pipeline.run_tasks(tasks)
-    return {task.stage: task.stage_dir for task in tasks}
 
 
 def _half(module: nn.Module) -> nn.Module:
@@ -53,7 +43,7 @@ SHIPPED_PARTS = ("clip", "ldm", "classifier", "checks.json", "manifest.json")  #
 
 def ship(runs: Path, out: Path, data_dir: str, command: str) -> StandIns:
     """Write the stand-ins folder ``out`` from the finished runs in ``runs`` (see the module doc), whole or
-    not at all: built beside it and swapped in (:func:`~lightning_fcae.atomic.atomic_folder`)."""
+    not at all: built beside it and swapped in (:func:`~lightning_fcae.files.atomic.atomic_folder`)."""
     shared = runs / "shared"
     run_dirs = {name: shared / name for name in STAND_IN_STAGES}
     for run_dir in run_dirs.values():

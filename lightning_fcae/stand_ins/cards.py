@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.shards import sha256_file
+from ..files.hashing import sha256_file
 
 RESUMED = " (the last part only: the run was interrupted and resumed from its last checkpoint)"
 

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.datamodule import NSDDataModule
+from ..inference.sampling import sample_images
 from ..metrics.image import ssim_per_image, to_luma
 from ..models.clip import load_clip
 from ..models.ldm import load_ldm, to_model_range, vq_downsampling
 from ..models.scene_classifier import SceneClassifier
-from ..sampling import sample_images
 from .shipped import StandIns
 
 CHANCE = {"shape": 0.10, "color": 0.125}  # uniform labels: 10 shapes, 8 colours

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..data.schema import Manifest
-from ..data.shards import sha256_file
+from ..files.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..schema import Manifest, check_arguments, subject_name
-from ..shards import DatasetWriter
+from ..writer import DatasetWriter
 from .cortex import GRID, Cortex, image_features, semantic_features
 from .profiles import SynthProfile, get_profile
 from .scenes import Scene, captions, render, sample_scene

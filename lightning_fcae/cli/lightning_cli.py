@@ -1,16 +1,15 @@
 """The LightningCLI subclass behind ``lightning fit`` and ``lightning-fcae fit``: apart from
-:mod:`lightning_fcae.cli` because importing it imports Lightning and torch (seconds of CPU), which the
-other commands' ``--help`` must not wait for."""
+:mod:`lightning_fcae.cli.commands` because importing it imports Lightning and torch (seconds of CPU), which
+the other commands' ``--help`` must not wait for."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 
-import torch
 from lightning.pytorch.cli import LightningCLI
 
-from .plan import STAGE_DEFAULTS
+from ..stages.defaults import STAGE_DEFAULTS, default_precision
 
 # Lightning's loggers for its rank-zero messages (lightning and lightning_fabric each set one)
 RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
@@ -34,17 +33,10 @@ def silence_known_noise() -> None:
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 
 
-def default_precision() -> str:
-    """bf16-mixed where the GPU supports it, full fp32 on CPU (bf16 matmuls are slow there)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
 class FCAECLI(LightningCLI):
     """LightningCLI that feeds the DataModule's padded voxel count to the model, and lays every config on
-    what the stage configs share (:data:`~lightning_fcae.plan.STAGE_DEFAULTS`: the trainer's callbacks
-    and logger)."""
+    what the stage configs share (:data:`~lightning_fcae.stages.defaults.STAGE_DEFAULTS`: the trainer's
+    callbacks and logger)."""
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         """Every subcommand's parser reads ``stage_defaults.yaml`` as its default config (jsonargparse's
@@ -72,7 +64,7 @@ class FCAECLI(LightningCLI):
         never replaces the previous ``last.ckpt``), unless the config names a CheckpointIO of its own."""
         from lightning.fabric.plugins import CheckpointIO
 
-        from .checkpoint_io import AtomicCheckpointIO
+        from ..files.checkpoint_io import AtomicCheckpointIO
 
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
@@ -83,7 +75,7 @@ class FCAECLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """LightningCLI loads ``--ckpt_path`` here, before anything else: a damaged file is named with
         the fix first, instead of ``PytorchStreamReader failed ...`` (no file named) on every rerun."""
-        from .models.checkpoints import check_checkpoint
+        from ..models.checkpoints import check_checkpoint
 
         subcommand = self.config.get("subcommand")
         path = subcommand and self.config[subcommand].get("ckpt_path")

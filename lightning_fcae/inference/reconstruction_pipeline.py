@@ -24,12 +24,13 @@ from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNe
 from diffusers.utils import numpy_to_pil
 from einops import rearrange
 
-from .atomic import atomic_folder
-from .models.condition import ClipCondition
-from .models.factory import CheckpointFormatError, checkpoint_models, load_model, read_checkpoint
-from .models.fmri_condition import FMRIConditionEncoder, fmri_batch
-from .models.ldm import add_time_conditioning, build_ldm, load_ldm, vq_downsampling
-from .models.linear_path import LowLevelDecoder
+from ..files.atomic import atomic_folder
+from ..models.condition import ClipCondition
+from ..models.factory import CheckpointFormatError, checkpoint_models, load_model, read_checkpoint
+from ..models.fmri_condition import FMRIConditionEncoder, fmri_batch
+from ..models.ldm import add_time_conditioning, build_ldm, load_ldm, vq_downsampling
+from ..models.ldm_reference import ldm_reference
+from ..models.linear_path import LowLevelDecoder
 from .sampling import check_init_images, check_strength, sample_conditioned
 
 RUN_CHECKPOINTS = ("stage3/checkpoints/last.ckpt", "checkpoints/last.ckpt")
@@ -60,14 +61,13 @@ def find_stage3_checkpoint(path: str | Path) -> Path:
 def resolve_ldm(recorded: dict, checkpoint_path: Path, override: str | Path | None = None) -> Path:
     """The LDM folder of a stage-3 checkpoint: ``override``, else the recorded path relative to the
     checkpoint's folder (a run folder moved with its LDM inside), else the recorded absolute path."""
-    from .stages.diffusion import ldm_reference  # the same fingerprint the checkpoint recorded
-
     candidates = [Path(override)] if override else []
     candidates += [checkpoint_path.parent / recorded["relative"], Path(recorded["path"])]
     altered = []
     for folder in candidates:
         if folder.is_dir():
-            if ldm_reference(folder, recorded)["sha256"] == recorded["sha256"]:  # unchanged: not hashed
+            # the fingerprint the checkpoint recorded; an unchanged folder is not hashed again
+            if ldm_reference(folder, recorded)["sha256"] == recorded["sha256"]:
                 return folder
             altered.append(str(folder))
     if altered:
@@ -172,9 +172,9 @@ class FMRIReconstructionPipeline(DiffusionPipeline):
         )
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        """diffusers' ``save_pretrained``, atomically (:func:`~lightning_fcae.atomic.atomic_folder`): a kill
-        mid-export leaves the previous export whole (or none), never a folder of new config files beside
-        old or cut-off weights."""
+        """diffusers' ``save_pretrained``, atomically (:func:`~lightning_fcae.files.atomic.atomic_folder`):
+        a kill mid-export leaves the previous export whole (or none), never a folder of new config files
+        beside old or cut-off weights."""
         with atomic_folder(save_directory) as tmp:
             super().save_pretrained(tmp, **kwargs)
 

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import yaml
 
-from .parsers import reconstruct_parser
+from ..inference.parser import reconstruct_parser
+from ..stages.defaults import STAGE_DEFAULTS
 
 
 class PlanError(ValueError):
     """The plan file or the command line asks for something the pipeline cannot run."""
-
-
-# What every stage config shares (trainer callbacks, logger): LightningCLI's default config for every
-# subcommand (lightning_cli.FCAECLI), and the base :func:`load_stage_config` lays a stage config on.
-STAGE_DEFAULTS = Path(__file__).with_name("stage_defaults.yaml")
 
 
 def deep_merge(base: dict, override: dict) -> dict:

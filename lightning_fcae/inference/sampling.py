@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel, VQModel
 from diffusers.utils.torch_utils import randn_tensor
 from einops import rearrange
 
-from .models.ldm import vq_downsampling
+from ..models.ldm import vq_downsampling
 
 
 @torch.no_grad()

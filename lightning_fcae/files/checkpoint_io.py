@@ -1,4 +1,4 @@
-"""Lightning's checkpoint writer, made atomic (:mod:`lightning_fcae.atomic`)."""
+"""Lightning's checkpoint writer, made atomic (:mod:`lightning_fcae.files.atomic`)."""
 
 from __future__ import annotations
 

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .clip_features import IMAGE_EMBED, ClipFeatureLookup, ensure_clip_cache, train_means
-from .data.datamodule import NSDDataModule
-from .metrics.identification import n_way_top1
-from .metrics.scoring import subject_scores
-from .models.clip import FrozenClip
-from .models.linear_path import LowLevelDecoder, VoxelLinearMap
-from .reconstruct import GRID_PER_SUBJECT, summarise
-from .stages.linear_path import fit_linear_path, fit_lowlevel
+from ..data.datamodule import NSDDataModule
+from ..inference.reconstruct import GRID_PER_SUBJECT, summarise
+from ..metrics.identification import n_way_top1
+from ..metrics.scoring import subject_scores
+from ..models.clip import FrozenClip
+from ..models.linear_path import LowLevelDecoder, VoxelLinearMap
+from ..stages.clip_features import IMAGE_EMBED, ClipFeatureLookup, ensure_clip_cache, train_means
+from ..stages.linear_path import fit_linear_path, fit_lowlevel
 
 
 def _test_split(data: NSDDataModule, clip: FrozenClip) -> dict[int, dict]:

@@ -35,14 +35,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__
-from .atomic import atomic_folder
-from .data.schema import CAPTIONS_KEY, IMAGE_KEYS, MANIFEST_NAME, META_KEY, SPLITS, DatasetError, Manifest
-from .data.shards import decode_image, decode_json, iter_raw_samples, sha256_file, validate_captions
-from .data.transforms import image_to_uint8_chw
+from .. import __version__
+from ..data.schema import CAPTIONS_KEY, IMAGE_KEYS, MANIFEST_NAME, META_KEY, SPLITS, DatasetError, Manifest
+from ..data.shards import decode_image, decode_json, iter_raw_samples, validate_captions
+from ..data.transforms import image_to_uint8_chw
+from ..files.atomic import atomic_folder
+from ..files.hashing import sha256_file
 
 if TYPE_CHECKING:  # models.clip imports open_clip (seconds): only the functions that load CLIP do
-    from .models.clip import FrozenClip
+    from ..models.clip import FrozenClip
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def clip_cache_id(model_name: str, pretrained: str | None) -> str:
     Computed without loading CLIP, so every DDP rank finds the cache that rank 0 built."""
     import open_clip
 
-    from .models.clip import MissingWeightsError
+    from ..models.clip import MissingWeightsError
 
     if pretrained is None:
         return f"{model_name}-random"
@@ -212,9 +213,9 @@ def build_clip_cache(
     """Compute and write the cache for the manifest's ``splits`` (moves ``clip`` to ``device``).
 
     ``data_dir`` must be a local dataset: the features are written next to its shards.
-    Written into a temporary directory that is renamed into place (:func:`~lightning_fcae.atomic.
-    atomic_folder`), so an interrupted build never leaves a cache that reads as complete; an existing cache
-    of the same id is replaced.
+    Written into a temporary directory that is renamed into place
+    (:func:`~lightning_fcae.files.atomic.atomic_folder`), so an interrupted build never leaves a cache that
+    reads as complete; an existing cache of the same id is replaced.
     """
     data_dir = Path(data_dir)
     manifest = Manifest.load(data_dir)
@@ -258,7 +259,7 @@ def ensure_clip_cache(
     if status == "hit":
         return cache_path(data_dir, cache_id)
     log.info("CLIP feature cache %s is %s: building it", cache_id, status)
-    from .models.clip import load_clip
+    from ..models.clip import load_clip
 
     return build_clip_cache(data_dir, load_clip(model_name, pretrained), cache_id, splits, **build_kwargs)
 
@@ -348,7 +349,7 @@ def batch_clip_features(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 def _local_data_dir(trainer) -> str | None:
     """The trainer's dataset folder (None without a DataModule); the cache is written beside its shards."""
-    from .data.datamodule import NSDDataModule, is_local
+    from ..data.datamodule import NSDDataModule, is_local
 
     data = trainer.datamodule
     if data is None:

@@ -5,7 +5,7 @@ over the target with ``os.replace``, which is atomic within one file system; the
 the rename itself survives a power cut. The temporary file must be in the target's folder: renaming from
 another file system (``/tmp`` is often a tmpfs, or a local disk under an NFS run folder) falls back to
 copying into the target, and a kill mid-copy leaves it cut off. Lightning's own checkpoint writer stages
-through the system temp folder, hence :class:`lightning_fcae.checkpoint_io.AtomicCheckpointIO`.
+through the system temp folder, hence :class:`lightning_fcae.files.checkpoint_io.AtomicCheckpointIO`.
 
 A killed writer can leave its ``.NAME.PID.tmp`` file (or folder) behind, and one killed between the two
 renames of :func:`atomic_folder` a ``.NAME.old`` folder. Nothing reads those; the first write of a later

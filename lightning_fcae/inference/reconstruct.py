@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,19 +40,16 @@ from torchvision.io import ImageReadMode, decode_png, encode_png, read_file
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from . import atomic
-from .data.datamodule import NSDDataModule
-from .data.schema import DatasetError
-from .data.shards import sha256_file
-from .metrics.scoring import comparison_grid, subject_scores
-from .models.checkpoints import CheckpointError
-from .models.factory import CheckpointFormatError
-from .parsers import reconstruct_parser
+from ..data.datamodule import NSDDataModule
+from ..files import atomic
+from ..files.hashing import sha256_file
+from ..metrics.scoring import comparison_grid, subject_scores
+from ..models.factory import CheckpointFormatError
 from .reconstruction_pipeline import FMRIReconstructionPipeline, find_stage3_checkpoint
-from .sampling import Img2ImgError, check_strength
+from .sampling import check_strength
 
 if TYPE_CHECKING:
-    from .models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
+    from ..models.clip import FrozenClip  # imports open_clip: only when CLIP scores are asked for
 
 GRID_PER_SUBJECT = 8
 BLOCKS = ("raw", "pairwise", "perceptual")
@@ -263,7 +259,7 @@ def reconstruct_split(
         )
     clip = None
     if clip_model:
-        from .models.clip import load_clip
+        from ..models.clip import load_clip
 
         clip = load_clip(clip_model, clip_pretrained).to(device)
     # what the PNGs depend on; checked once the inputs are known to be usable
@@ -360,16 +356,3 @@ def format_metrics(metrics: dict) -> str:
         if metrics[block].get("skipped"):
             lines.append(f"{block:<11}skipped: {', '.join(metrics[block]['skipped'])}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``lightning-fcae reconstruct --ckpt CKPT --data DIR --out DIR [...]``."""
-    args = reconstruct_parser().parse_args(argv)
-    try:
-        metrics = reconstruct_split(**vars(args))
-    except (ReconstructionError, Img2ImgError, CheckpointError, FileNotFoundError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_metrics(metrics))
-    print(f"wrote {args.out}/images, {args.out}/grid.png, {args.out}/metrics.json")
-    return 0

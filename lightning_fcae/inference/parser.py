@@ -1,6 +1,6 @@
-"""Argument parsers of the commands whose modules import torch (``reconstruct``, ``convert-ldm``,
-``upgrade-checkpoint``), kept apart so that ``--help`` and a mistyped option answer at once:
-:func:`lightning_fcae.cli.main` parses with them before importing the command."""
+"""``lightning-fcae reconstruct``'s options, apart from :mod:`.reconstruct` (which imports torch), so that
+``--help`` and a mistyped option answer at once; a pipeline plan's ``reconstruct:`` section is checked
+against them too (:func:`lightning_fcae.runs.plan.reconstruct_options`)."""
 
 from __future__ import annotations
 
@@ -69,36 +69,4 @@ def reconstruct_parser() -> argparse.ArgumentParser:
         "--ldm", type=Path, default=None, help="the frozen LDM's folder, if it moved since stage 3 trained"
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return parser
-
-
-def convert_ldm_parser() -> argparse.ArgumentParser:
-    """``lightning-fcae convert-ldm``'s options."""
-    parser = argparse.ArgumentParser(
-        prog="lightning-fcae convert-ldm",
-        description="CompVis latent-diffusion checkpoint -> diffusers LDM directory.",
-    )
-    parser.add_argument("ckpt", type=Path, help="CompVis checkpoint (.ckpt or .safetensors)")
-    parser.add_argument("--config", type=Path, required=True, help="its LatentDiffusion YAML config")
-    parser.add_argument("--out", type=Path, required=True, help="diffusers directory to write")
-    parser.add_argument("--extract-ema", action="store_true", help="use the EMA UNet weights")
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="unpickle the checkpoint in full, which can execute arbitrary code from it: only for a file "
-        "from a source you know",
-    )
-    parser.add_argument("--overwrite", action="store_true")
-    return parser
-
-
-def upgrade_checkpoint_parser() -> argparse.ArgumentParser:
-    """``lightning-fcae upgrade-checkpoint``'s options."""
-    parser = argparse.ArgumentParser(
-        prog="lightning-fcae upgrade-checkpoint",
-        description="Add the models record to checkpoints written before checkpoints recorded their models.",
-    )
-    parser.add_argument(
-        "checkpoints", nargs="+", type=Path, help="checkpoints to upgrade in place (a run's stages in order)"
-    )
     return parser
