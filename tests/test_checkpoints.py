@@ -29,20 +29,25 @@ def _images(pipe, fmri, subject=None, seed=3):
     return pipe(fmri, subject, num_inference_steps=2, generator=generators, output_type="pt").images
 
 
-@pytest.fixture(scope="module")
-def run_folder(tmp_path_factory):
-    """A run folder: a tiny frozen LDM inside it and a stage-3 checkpoint fine-tuned from it."""
-    root = tmp_path_factory.mktemp("run")
+def make_run_folder(root, steps: int = 2, **finetune):
+    """``(data, run folder, module)``: a textured dataset, a tiny frozen LDM inside the run folder and a
+    stage-3 checkpoint fine-tuned from it for ``steps`` steps (``finetune``: LDMFinetune's arguments)."""
     data = _textured_dataset(root / "data")
     L.seed_everything(0)
     ldm = save_ldm(build_ldm("tiny"), root / "run" / "ldm")
-    module = LDMFinetune(V, pretrained_ldm=str(ldm), clip_tokens=5, clip_dim=16, lr=1e-3, sample_steps=2)
+    module = LDMFinetune(V, pretrained_ldm=str(ldm), clip_tokens=5, clip_dim=16, sample_steps=2, **finetune)
     callback = ModelCheckpoint(dirpath=root / "run" / "stage3" / "checkpoints", save_last=True)
     trainer = _trainer(
-        root, max_steps=2, limit_val_batches=0, enable_checkpointing=True, callbacks=[callback]
+        root, max_steps=steps, limit_val_batches=0, enable_checkpointing=True, callbacks=[callback]
     )
     trainer.fit(module, _datamodule(data))
     return data, root / "run", module
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A run folder: a tiny frozen LDM inside it and a stage-3 checkpoint fine-tuned from it."""
+    return make_run_folder(tmp_path_factory.mktemp("run"), lr=1e-3)
 
 
 def test_stage3_checkpoint_holds_what_trains_and_names_its_ldm(run_folder):

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import shutil
 
-import lightning as L
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_fcae.inference.reconstruct import reconstruct_split
 from lightning_fcae.inference.reconstruction_pipeline import FMRIReconstructionPipeline, MissingLowLevelError
 from lightning_fcae.inference.sampling import Img2ImgError, sample_images
-from lightning_fcae.models.ldm import LDM, build_ldm, build_unet, build_vq, ldm_config, save_ldm
-from lightning_fcae.stages.diffusion import LDMFinetune
-from tests.test_reconstruct import V, _datamodule, _textured_dataset, _trainer
+from lightning_fcae.models.ldm import LDM, build_unet, build_vq, ldm_config
+from tests.test_checkpoints import make_run_folder
 
 POOLED = 16
 
@@ -95,19 +92,7 @@ def test_bad_strengths_and_image_sizes_are_named(ldm):
 @pytest.fixture(scope="module")
 def lowlevel_run(tmp_path_factory):
     """A run folder whose stage 3 fitted the low-level decoder (``lowlevel: ridge``) on its data."""
-    root = tmp_path_factory.mktemp("lowlevel")
-    data = _textured_dataset(root / "data")
-    L.seed_everything(0)
-    ldm = save_ldm(build_ldm("tiny"), root / "run" / "ldm")
-    module = LDMFinetune(
-        V, pretrained_ldm=str(ldm), clip_tokens=5, clip_dim=16, sample_steps=2, lowlevel="ridge"
-    )
-    callback = ModelCheckpoint(dirpath=root / "run" / "stage3" / "checkpoints", save_last=True)
-    trainer = _trainer(
-        root, max_steps=1, limit_val_batches=0, enable_checkpointing=True, callbacks=[callback]
-    )
-    trainer.fit(module, _datamodule(data))
-    return data, root / "run", module
+    return make_run_folder(tmp_path_factory.mktemp("lowlevel"), steps=1, lowlevel="ridge")
 
 
 def test_a_moved_run_folder_reconstructs_from_its_lowlevel_image(lowlevel_run, tmp_path):
