@@ -385,6 +385,13 @@ def test_a_resumed_stage_logs_each_step_once(tmp_path):
     assert training_losses(tmp_path / "stage1") == {"train/loss": ([0, 1, 2, 3, 4], [10, 9, 18, 17, 16])}
 
 
+def test_figure_labels_spell_arrows_the_default_font_can_draw():
+    from lightning_fcae.report.figure import header_lines
+
+    (lines,) = header_lines(["Ridge yardstick (voxels → pixels; → CLIP tokens)"], side=600)
+    assert lines == ["Ridge yardstick (voxels -> pixels; -> CLIP tokens)"]
+
+
 def test_table3_only_for_ablation_runs(tmp_path):
     run = _fake_run(tmp_path)  # a Table-2 run: its summaries name no other table
     write_report(run)

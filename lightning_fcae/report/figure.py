@@ -47,10 +47,16 @@ def side_by_side(summaries: list[dict]) -> tuple[dict[str, dict], list[dict]] | 
 LINE = 11  # pixels per header line (PIL's default bitmap font)
 
 
+# PIL's default font has no glyph for the arrow (it draws an empty box); the HTML report keeps it
+ASCII_FOR = {"→": "->"}
+
+
 def header_lines(labels: list[str], side: int) -> list[list[str]]:
     """Each column's label wrapped to its tile width (PIL's default font is ~6 px a character), never cut:
-    a cut label can read as another method ("F+I+T" cut to "F+I")."""
-    return [textwrap.wrap(label, width=max(8, side // 6)) or [""] for label in labels]
+    a cut label can read as another method ("F+I+T" cut to "F+I"). Arrows are spelled in
+    ASCII, which the default font can draw."""
+    spelled = ["".join(ASCII_FOR.get(ch, ch) for ch in label) for label in labels]
+    return [textwrap.wrap(label, width=max(8, side // 6)) or [""] for label in spelled]
 
 
 def write_side_by_side_png(summaries: list[dict], out: Path, rows: int = 12, zoom: int = 3) -> Path | None:
