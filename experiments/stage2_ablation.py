@@ -2,9 +2,11 @@
 choice of method ``ours`` (README, "Stage 2: what each option gives on val").
 
 Every variant is ``lightning fit`` of one stage-2 config (the plan's, from the same stage-1 checkpoint and
-seed) with a few init arguments changed, into ``OUT/stage2_ablation/<variant>``; the table gives each
-variant's best val identification over its epochs (the step-0 model's included where the linear path
-knows it) beside the ridge yardstick's val figure, which is the linear path's step 0::
+seed) with a few init arguments changed, into ``OUT/stage2_ablation/seed<k>/<variant>`` (one folder per
+seed, so that another seed in the same OUT trains anew); the table, also written to
+``OUT/stage2_ablation_seed<k>.md``, gives each variant's best val identification over its epochs (the
+step-0 model's included where the linear path knows it) beside the ridge yardstick's val figure, which is
+the linear path's step 0::
 
     python experiments/stage2_ablation.py --plan experiments/demo.yaml --out results/ablation-demo --seed 0
 
@@ -84,9 +86,8 @@ def main() -> None:
     n_way = int((plan.get("reconstruct") or {}).get("n_way", 50))
     rows = []
     for name in args.variants:
-        stage_dir = (
-            args.out / "stage2_ablation" / name.replace(" ", "_").replace(",", "").replace("+", "plus")
-        )
+        folder = name.replace(" ", "_").replace(",", "").replace("+", "plus")
+        stage_dir = args.out / "stage2_ablation" / f"seed{args.seed}" / folder  # one folder per seed
         init = {
             "encoder_ckpt": str(encoder),
             "clip_model": clip[0],
@@ -103,7 +104,7 @@ def main() -> None:
         two, many, step = (math.nan, math.nan, -1) if found is None else (found[1], found[0], found[2])
         lines.append(f"| {name} | {two:.3f} | {100 * many:.1f}% | {step} |")
     table = "\n".join(lines)
-    (args.out / "stage2_ablation.md").write_text(table + "\n")
+    (args.out / f"stage2_ablation_seed{args.seed}.md").write_text(table + "\n")
     print(table)
 
 
